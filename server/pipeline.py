@@ -1,0 +1,175 @@
+"""The reconstruction pipeline: clip → preprocessing → coarse fit → refinement → take (+ preview).
+
+Stages report through a Reporter and poll a cancel callable; nothing is written until the take is
+complete, and the take itself is written atomically, so a cancelled or failed run leaves no take.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import Cancelled, MicroexpError, OutputError
+from .events import Reporter
+
+
+@dataclass
+class ReconstructOptions:
+    """What one reconstruction does (the CLI's flags and the job file's fields)."""
+
+    model: str = "builtin"
+    """'builtin' or the user's FLAME files (a folder, or generic_model.pkl / flame2023_Open.pkl)."""
+    frames: tuple[int, int] | None = None
+    """Half-open source-frame range [start, stop)."""
+    flow: str = "fast"
+    """Optical flow: 'tvl1' (the paper's, slow) or 'fast' (DIS)."""
+    stages: str = "full"
+    """How far to go: 'coarse' (landmark fit), 'dem' (+ dynamic-encoded module), 'full' (+ mesh deformation)."""
+    cache_dir: str | None = None
+    checkpoint: str | None = None
+    """A trained checkpoint to start the refinement from (then fine-tuned on the clip)."""
+    device: str = "auto"
+    time_budget_s: float | None = None
+    """Upper bound on the refinement's per-clip optimisation time."""
+    preview: bool = True
+    """Write preview.mp4: the fitted mesh drawn over the source frames."""
+    max_detail: int = 16
+    refine_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReconstructResult:
+    take_dir: Path
+    header: dict[str, Any]
+    timings: dict[str, float]
+
+
+STAGES = ("preprocess", "fit", "refine", "write")
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the output folder {out_dir} ({exc.strerror or exc}).") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"The output folder {out_dir} is not writable.")
+
+
+def load_model(spec: str, pre: Any = None) -> Any:
+    """The head model for a clip: the user's FLAME files, or the built-in head built for this subject."""
+    if spec == "builtin":
+        from .fit import builtin_head_for_clip
+
+        return builtin_head_for_clip(pre)
+    from .headmodel import HeadModel, load_head_model
+
+    return HeadModel(load_head_model(spec))
+
+
+def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                options: ReconstructOptions | None = None, reporter: Reporter | None = None,
+                cancel: Callable[[], bool] | None = None) -> ReconstructResult:
+    """Run the whole reconstruction and write DIR/take.json, DIR/take.npz (and DIR/preview.mp4)."""
+    from .fit import fit_coarse
+    from .preprocess import preprocess
+    from .take import build_take_arrays, head_model_header, now_iso, write_take
+
+    opts = options or ReconstructOptions()
+    rep = reporter or Reporter()
+    is_cancelled = cancel or (lambda: False)
+
+    def check() -> None:
+        if is_cancelled():
+            raise Cancelled("cancelled")
+
+    out = Path(out_dir)
+    _check_output_dir(out)
+    n_stages = 3 if opts.stages == "coarse" else 4
+    t_start = time.perf_counter()
+
+    # A wrong FLAME path should fail before minutes of preprocessing.
+    flame_model = None if opts.model == "builtin" else load_model(opts.model)
+
+    rep.stage("preprocess", 0, n_stages)
+    pre = preprocess(str(clip), frames=opts.frames, flow=opts.flow, cache_dir=opts.cache_dir,
+                     progress=rep.progress, cancel=is_cancelled)
+    for w in getattr(pre, "warnings", []):
+        rep.warning(w)
+    check()
+
+    rep.stage("fit", 1, n_stages)
+    model = flame_model if flame_model is not None else load_model("builtin", pre)
+    coarse = fit_coarse(model, pre, progress=rep.progress, cancel=is_cancelled)
+    check()
+
+    expression, pose, translation = coarse.expression, coarse.pose, coarse.translation
+    displacement = None
+    refine_report: dict[str, Any] = {}
+    if opts.stages != "coarse":
+        from .refine import RefineConfig, refine
+
+        rep.stage("refine", 2, n_stages)
+        cfg = RefineConfig(**opts.refine_overrides)
+        if opts.time_budget_s is not None:
+            cfg.time_budget_s = opts.time_budget_s
+        if opts.device != "auto":
+            cfg.device = opts.device
+        refined = refine(model, pre, coarse, stages=opts.stages, config=cfg, progress=rep.progress,
+                         cancel=is_cancelled, checkpoint=opts.checkpoint)
+        expression, pose, translation = refined.expression, refined.pose, refined.translation
+        displacement = refined.displacement
+        refine_report = dict(refined.report)
+        check()
+
+    rep.stage("write", n_stages - 1, n_stages)
+    arrays, detail_info = build_take_arrays(model, pre, coarse.shape, expression, pose, translation,
+                                            coarse.camera, displacement, max_detail=opts.max_detail)
+    check()
+    if opts.preview:
+        from .preview import write_preview
+
+        write_preview(str(clip), out / "preview.mp4", pre, arrays, cancel=is_cancelled)
+        check()
+    rep.finish()
+    timings = dict(getattr(pre, "timings", {}))
+    timings.update({f"stage_{k}": round(v, 3) for k, v in rep.timings.items()})
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    header: dict[str, Any] = {
+        "head_model": head_model_header(model),
+        "fps": float(pre.fps),
+        "fps_estimated": bool(getattr(pre, "fps_estimated", False)),
+        "frame_start": int(pre.frame_numbers[0]),
+        "source": {
+            "path": str(Path(clip).resolve()),
+            "image_size": [int(x) for x in pre.image_size],
+            "downscale": float(getattr(pre, "downscale", 1.0)),
+        },
+        "settings": {
+            "model": opts.model, "frames": list(opts.frames) if opts.frames else None, "flow": opts.flow,
+            "stages": opts.stages, "checkpoint": opts.checkpoint,
+        },
+        "stages": opts.stages,
+        "landmark_source": getattr(pre, "lmk68_source", "mediapipe-map"),
+        "timings": timings,
+        "metrics": {
+            "landmark_error_iod": float(coarse.landmark_error_iod),
+            "frames_without_face": int((~np.asarray(pre.face_found, bool)).sum()),
+            **detail_info,
+            "refine": refine_report,
+        },
+        "server_version": __version__,
+        "created": now_iso(),
+    }
+    write_take(out, header, arrays)
+    return ReconstructResult(take_dir=out, header=header, timings=timings)
+
+
+__all__ = ["ReconstructOptions", "ReconstructResult", "reconstruct", "load_model", "MicroexpError"]

@@ -1,0 +1,69 @@
+"""preview.mp4: the reconstructed mesh drawn over the source frames, to judge a fit at a glance."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import Cancelled
+from .geometry import project, to_world
+
+
+def mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """Unique undirected edges (M, 2) of a triangle mesh (F, 3)."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], axis=0)
+    e.sort(axis=1)
+    return np.unique(e, axis=0)
+
+
+def projected_vertices(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Image-pixel positions (T, V, 2) of the take's meshes."""
+    with torch.no_grad():
+        verts = torch.as_tensor(arrays["vertices"])
+        world = to_world(verts, torch.as_tensor(arrays["pose"][:, 0]), torch.as_tensor(arrays["translation"]))
+        return project(world, torch.as_tensor(arrays["camera"])).numpy()
+
+
+def write_preview(clip: str, out_path: Path, pre: Any, arrays: dict[str, np.ndarray],
+                  cancel: Callable[[], bool] | None = None) -> Path:
+    """Draw the mesh wireframe over each processed frame; written to a temporary name, then renamed."""
+    from .video import iter_frames
+
+    pix = projected_vertices(arrays)
+    edges = mesh_edges(arrays["faces"])
+    frame_numbers = [int(f) for f in pre.frame_numbers]
+    by_source = {f: i for i, f in enumerate(frame_numbers)}
+    w, h = (int(x) for x in pre.image_size)
+    fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".mp4", dir=out_path.parent)
+    os.close(fd)
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(pre.fps), (w, h))
+    try:
+        frames = (frame_numbers[0], frame_numbers[-1] + 1)
+        for index, frame in iter_frames(clip, frames=frames, max_side=max(w, h)):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled")
+            i = by_source.get(int(index))
+            if i is None:
+                continue
+            img = frame.copy()
+            if img.shape[1] != w or img.shape[0] != h:
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            pts = np.round(pix[i] * 16).astype(np.int32)  # 4 fractional bits for smooth lines
+            lines = pts[edges]  # (M, 2, 2)
+            colour = (80, 220, 80) if bool(arrays["face_found"][i]) else (60, 60, 230)
+            cv2.polylines(img, list(lines), False, colour, 1, cv2.LINE_AA, shift=4)
+            writer.write(img)
+        writer.release()
+        os.replace(tmp, out_path)
+    finally:
+        writer.release()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_path
