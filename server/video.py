@@ -1,0 +1,226 @@
+"""Clip decoding: probe a video file or image folder, validate a frame range, stream RGB frames one at a time."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from server.errors import ClipError
+
+__all__ = ["ClipError", "ClipInfo", "Frame", "probe", "iter_frames", "resolve_range", "fps_from_timestamps"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DEFAULT_FPS = 30.0
+# Spacing deviations beyond this fraction of the median mark a clip as variable frame rate.
+_VFR_TOLERANCE = 0.25
+
+
+@dataclass
+class ClipInfo:
+    """What a clip is, before any frame is processed.
+
+    `width`, `height` are the source frames'; `image_size` is (w, h) after downscaling so that the longest side is at
+    most `max_side`; `downscale` = processed pixels per source pixel (1.0 when not downscaled).
+    `frame_count` may be an estimate for some containers (it comes from the header).
+    """
+
+    path: Path
+    kind: str  # "video" | "images"
+    frame_count: int
+    fps: float
+    fps_estimated: bool
+    width: int
+    height: int
+    image_size: tuple[int, int]
+    downscale: float
+    image_files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Frame:
+    """One decoded frame: `index` is the source frame number, `image` (H, W, 3) uint8 RGB after downscaling."""
+
+    index: int
+    image: np.ndarray
+    timestamp_ms: float
+
+
+def _natural_key(path: Path) -> list[object]:
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", path.name)]
+
+
+def _scaled_size(width: int, height: int, max_side: int) -> tuple[tuple[int, int], float]:
+    longest = max(width, height)
+    if longest <= max_side:
+        return (width, height), 1.0
+    scale = max_side / longest
+    return (max(1, round(width * scale)), max(1, round(height * scale))), scale
+
+
+def probe(path: str | Path, fps: float | None = None, max_side: int = 1280) -> ClipInfo:
+    """Open a clip (video file or folder of images) and describe it; raises ClipError if it cannot be used.
+
+    `fps` is only used for image folders (which carry no timing) and defaults to 30 with a warning.
+    """
+    clip = Path(path).expanduser()
+    if not clip.exists():
+        raise ClipError(f"The clip {clip} does not exist.")
+    if clip.is_dir():
+        return _probe_folder(clip, fps, max_side)
+    return _probe_video(clip, max_side)
+
+
+def _probe_folder(folder: Path, fps: float | None, max_side: int) -> ClipInfo:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=_natural_key)
+    if not files:
+        raise ClipError(f"The folder {folder} contains no png or jpg images to use as frames.")
+    first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+    if first is None:
+        raise ClipError(f"The image {files[0]} could not be read.")
+    height, width = first.shape[:2]
+    warnings: list[str] = []
+    estimated = fps is None or not math.isfinite(fps) or fps <= 0
+    if fps is None or estimated:
+        fps = DEFAULT_FPS
+        warnings.append(f"The image folder {folder.name} carries no frame rate; assuming {DEFAULT_FPS:g} fps.")
+    size, scale = _scaled_size(width, height, max_side)
+    if scale != 1.0:
+        warnings.append(f"Frames of {width}x{height} are downscaled to {size[0]}x{size[1]}.")
+    for w in warnings:
+        log.warning(w)
+    return ClipInfo(folder, "images", len(files), float(fps), estimated, width, height, size, scale, files, warnings)
+
+
+def _probe_video(clip: Path, max_side: int) -> ClipInfo:
+    if clip.stat().st_size == 0:
+        raise ClipError(f"The clip {clip} is an empty file.")
+    cap = cv2.VideoCapture(str(clip))
+    try:
+        if not cap.isOpened():
+            raise ClipError(f"The file {clip} could not be opened as a video (not a video, or corrupt).")
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise ClipError(f"The video {clip} has no frame that can be decoded (empty or corrupt).")
+        height, width = frame.shape[:2]
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        container_fps = float(cap.get(cv2.CAP_PROP_FPS))
+    finally:
+        cap.release()
+    warnings: list[str] = []
+    estimated = False
+    if not math.isfinite(container_fps) or container_fps <= 0 or container_fps > 1000:
+        container_fps = DEFAULT_FPS
+        estimated = True
+        warnings.append(f"The video {clip.name} reports no usable frame rate; assuming {DEFAULT_FPS:g} fps.")
+    if count <= 0:
+        # Some containers do not store a count; the range is then checked while decoding.
+        count = 1 << 31
+    size, scale = _scaled_size(width, height, max_side)
+    if scale != 1.0:
+        warnings.append(f"Frames of {width}x{height} are downscaled to {size[0]}x{size[1]}.")
+    for w in warnings:
+        log.warning(w)
+    return ClipInfo(clip, "video", count, container_fps, estimated, width, height, size, scale, [], warnings)
+
+
+def resolve_range(info: ClipInfo, frames: Sequence[int] | None) -> tuple[int, int]:
+    """Validate a half-open [start, stop) range of source frame indices (None = the whole clip)."""
+    if frames is None:
+        return 0, info.frame_count
+    if len(frames) != 2:
+        raise ClipError(f"The frame range {list(frames)} must be two numbers [start, stop).")
+    start, stop = int(frames[0]), int(frames[1])
+    if start < 0 or stop <= start or start >= info.frame_count or stop > info.frame_count:
+        raise ClipError(
+            f"The frame range [{start}, {stop}) is outside the clip's {info.frame_count} frames "
+            f"(it must satisfy 0 <= start < stop <= {info.frame_count})."
+        )
+    return start, stop
+
+
+def iter_frames(
+    path: str | Path | ClipInfo,
+    frames: Sequence[int] | None = None,
+    max_side: int = 1280,
+    fps: float | None = None,
+) -> Iterator[Frame]:
+    """Stream the frames of [start, stop) one at a time as RGB uint8, downscaled to `max_side`.
+
+    Only one frame is held at a time. A video that ends before `stop` (header count too high, truncated file) ends
+    the stream early; a stream that yields nothing raises ClipError.
+    """
+    info = path if isinstance(path, ClipInfo) else probe(path, fps=fps, max_side=max_side)
+    start, stop = resolve_range(info, frames)
+    size, scale = info.image_size, info.downscale
+
+    def finish(image_bgr: np.ndarray) -> np.ndarray:
+        if scale != 1.0:
+            image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+
+    produced = 0
+    if info.kind == "images":
+        for index in range(start, stop):
+            image = cv2.imread(str(info.image_files[index]), cv2.IMREAD_COLOR)
+            if image is None:
+                raise ClipError(f"The image {info.image_files[index]} could not be read.")
+            if image.shape[:2] != (info.height, info.width):
+                raise ClipError(
+                    f"The image {info.image_files[index].name} is {image.shape[1]}x{image.shape[0]} but the first "
+                    f"frame is {info.width}x{info.height}; all frames must have one size."
+                )
+            produced += 1
+            yield Frame(index, finish(image), 1000.0 * index / info.fps)
+    else:
+        cap = cv2.VideoCapture(str(info.path))
+        try:
+            if start > 0:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+            for index in range(start, stop):
+                ok, image = cap.read()
+                if not ok or image is None:
+                    break
+                produced += 1
+                yield Frame(index, finish(image), float(cap.get(cv2.CAP_PROP_POS_MSEC)))
+        finally:
+            cap.release()
+    if produced == 0:
+        raise ClipError(f"No frame of {info.path} could be decoded in the range [{start}, {stop}).")
+
+
+def fps_from_timestamps(timestamps_ms: Sequence[float] | np.ndarray, container_fps: float) -> tuple[float, bool, str]:
+    """Check decoded frame timestamps against the container's fps.
+
+    Returns (fps, variable, warning): when the spacing varies by more than 25 % of its median (variable frame rate),
+    fps is 1000 / median spacing and `warning` says so; otherwise the container fps and an empty warning.
+    """
+    ts = np.asarray(timestamps_ms, dtype=np.float64)
+    if ts.size < 3 or not np.all(np.isfinite(ts)):
+        return container_fps, False, ""
+    spacing = np.diff(ts)
+    median = float(np.median(spacing))
+    if median <= 0:
+        return container_fps, False, ""  # the backend gave no real timestamps
+    variable = bool(np.any(np.abs(spacing - median) > _VFR_TOLERANCE * median))
+    median_fps = 1000.0 / median
+    if variable:
+        return median_fps, True, (
+            f"The clip has a variable frame rate; frames are treated as evenly spaced at {median_fps:.3g} fps."
+        )
+    if abs(median_fps - container_fps) > 0.05 * container_fps:
+        return median_fps, False, (
+            f"The container says {container_fps:.3g} fps but frames are {median:.3g} ms apart; using "
+            f"{median_fps:.3g} fps."
+        )
+    return container_fps, False, ""

@@ -1,0 +1,176 @@
+"""preprocess(): the Preprocessed contract end to end, stable crops, lost faces, errors, cancel, progress, cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.crop import cut_crop, face_boxes, to_crop_coords
+from server.errors import Cancelled, ClipError
+from server.preprocess import Preprocessed, preprocess
+
+try:  # tests/ as packages (relative) or as rootdir-inserted folders (absolute)
+    from .preprocess_clips import moving_face_frames, noise_frames, write_video
+except ImportError:
+    from preprocess_clips import moving_face_frames, noise_frames, write_video  # type: ignore[no-redef,unused-ignore]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    moving = moving_face_frames(count=10, size=(320, 240), step=1.0)
+    gap = list(moving)
+    for t in (4, 5, 6):
+        gap[t] = np.full_like(moving[t], 110)  # the face leaves the picture for three frames
+    return {
+        "moving": write_video(folder / "moving.mp4", moving),
+        "static": write_video(folder / "static.mp4", moving_face_frames(count=12, step=0.0, noise=4.0)),
+        "gap": write_video(folder / "gap.mp4", gap),
+        "noface": write_video(folder / "noface.mp4", noise_frames()),
+    }
+
+
+@pytest.fixture(scope="module")
+def moving_result(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Preprocessed:
+    return preprocess(clips["moving"], cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_result_follows_the_contract(moving_result: Preprocessed) -> None:
+    pre = moving_result
+    t = 10
+    np.testing.assert_array_equal(pre.frame_numbers, np.arange(t))
+    assert pre.fps == pytest.approx(30.0) and not pre.fps_estimated
+    assert pre.image_size == (320, 240) and pre.downscale == 1.0
+    assert pre.mp_landmarks.shape == (t, 478, 3) and pre.mp_landmarks.dtype == np.float32
+    assert pre.confidence.shape == (t,) and (pre.confidence > 0.5).all()
+    assert pre.face_found.dtype == bool and pre.face_found.all()
+    assert pre.lmk68.shape == (t, 68, 2) and pre.lmk68_source == "mediapipe-map"
+    assert pre.crop_boxes.shape == (t, 3)
+    assert pre.crops.shape == (t, 224, 224, 3) and pre.crops.dtype == np.uint8
+    assert pre.flow.shape == (t - 1, 224, 224, 2) and pre.flow.dtype == np.float16
+    assert pre.flow_mode == "fast"
+    assert set(pre.timings) == {"decode_landmarks", "crop", "flow"}
+    # The face drifts 1 px/frame to the right; the landmarks follow it.
+    drift = np.diff(pre.mp_landmarks[:, :, 0].mean(axis=1))
+    assert np.median(drift) == pytest.approx(1.0, abs=0.3)
+
+
+def test_crop_coordinates_follow_the_contract_formula(moving_result: Preprocessed) -> None:
+    pre = moving_result
+    box = pre.crop_boxes[3]
+    expected = (pre.lmk68[3] - box[:2]) * 224.0 / box[2]
+    np.testing.assert_allclose(pre.lmk68_crop[3], expected, rtol=1e-5)
+    # The box is ~1.6x the face and centred on it: every landmark lands well inside the crop.
+    inside = pre.mp_landmarks_crop
+    assert inside.min() > 10 and inside.max() < 214
+
+
+def test_cut_crop_matches_the_box_mapping_to_subpixel_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    image = (rng.random((300, 400, 3)) * 255).astype(np.uint8)
+    image = np.ascontiguousarray(np.repeat(np.repeat(image[::4, ::4], 4, 0), 4, 1))  # blocky, so sampling is testable
+    crop = cut_crop(image, np.array([100.0, 50.0, 224.0]))
+    np.testing.assert_array_equal(crop[10:-10, 10:-10], image[60:50 + 214, 110:100 + 214])
+
+
+def test_cut_crop_of_a_large_box_keeps_the_mapping() -> None:
+    """Boxes over twice the crop size go down a pyramid first; the box-to-crop mapping must survive that."""
+    x = np.arange(1200, dtype=np.float32)
+    image = np.ascontiguousarray(np.broadcast_to((0.2 * x)[None, :, None], (1000, 1200, 3)).astype(np.uint8))
+    crop = cut_crop(image, np.array([100.0, 50.0, 896.0]))
+    expected = 0.2 * (100.0 + np.arange(224) * 896.0 / 224.0)  # image x of each crop column, times 0.2
+    np.testing.assert_allclose(crop[112, 8:-8, 0], expected[8:-8], atol=1.5)
+
+
+def test_static_face_gives_a_still_crop_box(clips: dict[str, Path]) -> None:
+    pre = preprocess(clips["static"], use_cache=False)
+    moves = np.abs(np.diff(pre.crop_boxes, axis=0))
+    assert moves.max() < 0.5, f"crop box jitters by {moves.max():.2f} px on a still face"
+    # ...while an unsmoothed box, following the landmark noise of the noisy frames, does jitter.
+    raw = face_boxes(pre.mp_landmarks, centre_sigma=0, size_sigma=0)
+    assert np.abs(np.diff(raw, axis=0)).max() > 2 * moves.max()
+
+
+def test_lost_frames_are_interpolated_and_flagged(clips: dict[str, Path]) -> None:
+    pre = preprocess(clips["gap"], use_cache=False)
+    np.testing.assert_array_equal(np.flatnonzero(~pre.face_found), [4, 5, 6])
+    assert (pre.confidence[[4, 5, 6]] == 0).all() and (pre.confidence[pre.face_found] > 0).all()
+    expected = pre.mp_landmarks[3] + (pre.mp_landmarks[7] - pre.mp_landmarks[3]) * 0.5
+    np.testing.assert_allclose(pre.mp_landmarks[5], expected, atol=1e-3)
+    assert any("not found in 3 of 10 frames" in w for w in pre.warnings)
+
+
+def test_no_face_anywhere_is_one_clip_error(clips: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ClipError, match=r"^No face was found in any frame of noface\.mp4\.$"):
+        preprocess(clips["noface"], cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir()), "a failed run must leave no cache entry"
+
+
+def test_frame_range_is_respected_and_validated(clips: dict[str, Path]) -> None:
+    pre = preprocess(clips["moving"], frames=(3, 7), use_cache=False)
+    np.testing.assert_array_equal(pre.frame_numbers, [3, 4, 5, 6])
+    assert pre.flow.shape[0] == 3
+    with pytest.raises(ClipError, match="outside the clip"):
+        preprocess(clips["moving"], frames=(5, 11), use_cache=False)
+
+
+def test_progress_is_reported_per_frame_for_each_stage(clips: dict[str, Path]) -> None:
+    calls: list[tuple[str, int, int]] = []
+    preprocess(clips["moving"], frames=(0, 4), use_cache=False, progress=lambda s, d, t: calls.append((s, d, t)))
+    assert [c for c in calls if c[0] == "landmarks"] == [("landmarks", i, 4) for i in range(1, 5)]
+    assert [c for c in calls if c[0] == "crop"] == [("crop", i, 4) for i in range(1, 5)]
+    assert [c for c in calls if c[0] == "flow"] == [("flow", i, 3) for i in range(1, 4)]
+
+
+@pytest.mark.parametrize("stop_after", [2, 14])
+def test_cancel_raises_and_leaves_no_cache(clips: dict[str, Path], tmp_path: Path, stop_after: int) -> None:
+    polls = 0
+
+    def cancel() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > stop_after  # 2: during decoding; 14: during cropping
+
+    with pytest.raises(Cancelled):
+        preprocess(clips["moving"], cache_dir=tmp_path, cancel=cancel)
+    assert not any(tmp_path.rglob("*")), "a cancelled run must leave nothing in the cache"
+
+
+def test_second_run_hits_the_cache_and_other_flow_mode_misses(clips: dict[str, Path], tmp_path: Path) -> None:
+    start = time.perf_counter()
+    first = preprocess(clips["moving"], frames=(0, 5), cache_dir=tmp_path)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    again = preprocess(clips["moving"], frames=(0, 5), cache_dir=tmp_path)
+    again_s = time.perf_counter() - start
+    assert not first.cache_hit and again.cache_hit
+    assert again_s < first_s / 2
+    for name in ("frame_numbers", "mp_landmarks", "confidence", "face_found", "lmk68", "crop_boxes", "crops", "flow"):
+        np.testing.assert_array_equal(np.asarray(getattr(again, name)), getattr(first, name), err_msg=name)
+    assert isinstance(again.crops, np.memmap) and isinstance(again.flow, np.memmap)
+    assert (again.fps, again.image_size, again.lmk68_source) == (first.fps, first.image_size, first.lmk68_source)
+    other = preprocess(clips["moving"], frames=(0, 5), cache_dir=tmp_path, flow="tvl1")
+    assert not other.cache_hit and other.flow_mode == "tvl1"
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_cache_location_defaults_to_the_environment(clips: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROEXP_CACHE", str(tmp_path / "envcache"))
+    preprocess(clips["moving"], frames=(0, 2))
+    assert len(list((tmp_path / "envcache").iterdir())) == 1
+
+
+@pytest.mark.shared
+def test_real_clip(real_clip: Path) -> None:
+    pre = preprocess(real_clip, use_cache=False)
+    assert len(pre.frame_numbers) == 72 and pre.image_size == (640, 360) and pre.fps == pytest.approx(30.0)
+    assert pre.face_found.all() and pre.confidence.min() > 0.5
+    # Crop jitter on real footage: the box moves smoothly (no frame-to-frame jump above 3 px at 640x360).
+    assert np.abs(np.diff(pre.crop_boxes[:, :2], axis=0)).max() < 3.0
+    # Lips move in this talking clip: the flow is not all zero, and float16 holds it.
+    assert np.isfinite(pre.flow.astype(np.float32)).all() and np.abs(pre.flow).max() > 0.5
+    np.testing.assert_allclose(to_crop_coords(pre.lmk68, pre.crop_boxes), pre.lmk68_crop)

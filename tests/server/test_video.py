@@ -1,0 +1,168 @@
+"""Decoding: probing, frame ranges, fps (container, missing, variable), image folders, downscaling, bad clips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from server import video
+from server.errors import ClipError
+from server.video import fps_from_timestamps, iter_frames, probe, resolve_range
+
+try:  # tests/ as packages (relative) or as rootdir-inserted folders (absolute)
+    from .preprocess_clips import moving_face_frames, write_video
+except ImportError:
+    from preprocess_clips import moving_face_frames, write_video  # type: ignore[no-redef,unused-ignore]
+
+
+@pytest.fixture(scope="module")
+def small_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frames = moving_face_frames(count=8, size=(160, 120))
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames, fps=25.0)
+
+
+def test_probe_reads_size_count_and_container_fps(small_mp4: Path) -> None:
+    info = probe(small_mp4)
+    assert (info.kind, info.width, info.height, info.frame_count) == ("video", 160, 120, 8)
+    assert info.fps == pytest.approx(25.0)
+    assert not info.fps_estimated
+    assert info.image_size == (160, 120) and info.downscale == 1.0
+
+
+def test_iter_frames_streams_the_half_open_range_as_rgb(small_mp4: Path) -> None:
+    frames = list(iter_frames(small_mp4, frames=(2, 5)))
+    assert [f.index for f in frames] == [2, 3, 4]
+    assert frames[0].image.shape == (120, 160, 3) and frames[0].image.dtype == np.uint8
+    # The background is grey 110 and the astronaut's suit is white: RGB order must put the face's red > blue.
+    skin = frames[0].image[60, 100]
+    assert skin[0] > skin[2]
+    assert frames[1].timestamp_ms > frames[0].timestamp_ms
+
+
+@pytest.mark.parametrize("bad", [(-1, 3), (3, 3), (5, 2), (0, 9), (8, 9)])
+def test_out_of_range_frames_are_a_clip_error(small_mp4: Path, bad: tuple[int, int]) -> None:
+    with pytest.raises(ClipError, match="outside the clip's 8 frames"):
+        resolve_range(probe(small_mp4), bad)
+
+
+def test_missing_path_is_a_clip_error(tmp_path: Path) -> None:
+    with pytest.raises(ClipError, match="does not exist"):
+        probe(tmp_path / "nope.mp4")
+
+
+def test_text_file_named_mp4_is_a_clip_error(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n" * 50)
+    with pytest.raises(ClipError) as err:
+        probe(fake)
+    assert str(err.value).count(".") >= 1 and "notes.mp4" in str(err.value)
+
+
+def test_empty_file_is_a_clip_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(ClipError, match="empty file"):
+        probe(empty)
+
+
+def test_truncated_mp4_is_a_clip_error(tmp_path: Path, small_mp4: Path) -> None:
+    data = small_mp4.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 3])  # OpenCV's mp4v writer puts the index (moov) at the end
+    with pytest.raises(ClipError):
+        list(iter_frames(cut))
+
+
+def test_video_with_zero_frames_is_a_clip_error(tmp_path: Path) -> None:
+    path = tmp_path / "zero.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 30.0, (64, 48))
+    writer.release()
+    if not path.exists():
+        path.write_bytes(b"\x00\x00\x00\x18ftypmp42")  # the same situation: a container header and no frame
+    with pytest.raises(ClipError):
+        probe(path)
+
+
+def test_missing_container_fps_falls_back_to_30_with_a_warning(
+    small_mp4: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = cv2.VideoCapture
+
+    class NoFps:
+        def __init__(self, path: str) -> None:
+            self._cap = real(path)
+
+        def get(self, prop: int) -> float:
+            return float("nan") if prop == cv2.CAP_PROP_FPS else self._cap.get(prop)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._cap, name)
+
+    monkeypatch.setattr(video.cv2, "VideoCapture", NoFps)
+    info = probe(small_mp4)
+    assert info.fps == 30.0 and info.fps_estimated
+    assert any("30 fps" in w for w in info.warnings)
+
+
+def test_timestamps_detect_variable_frame_rate() -> None:
+    steady = np.arange(20) * 40.0
+    assert fps_from_timestamps(steady, 25.0) == (25.0, False, "")
+    # Alternating 33 ms / 50 ms gaps (a phone's VFR recording): median spacing decides the rate.
+    gaps = np.tile([33.0, 50.0, 33.0], 10)
+    fps, variable, warning = fps_from_timestamps(np.concatenate([[0.0], np.cumsum(gaps)]), 30.0)
+    assert variable and "variable frame rate" in warning
+    assert fps == pytest.approx(1000.0 / 33.0)
+    # A header that disagrees with steady timestamps: trust the timestamps.
+    fps, variable, warning = fps_from_timestamps(np.arange(20) * 20.0, 30.0)
+    assert fps == pytest.approx(50.0) and not variable and warning
+    # Backends that report no timestamps (all zero) leave the container's fps.
+    assert fps_from_timestamps(np.zeros(10), 24.0) == (24.0, False, "")
+
+
+def _write_images(folder: Path, names: list[str], size: tuple[int, int] = (64, 48)) -> None:
+    folder.mkdir()
+    for i, name in enumerate(names):
+        img = np.full((size[1], size[0], 3), 10 * i, np.uint8)
+        cv2.imwrite(str(folder / name), img)
+
+
+def test_image_folder_sorts_naturally_and_defaults_to_30_fps(tmp_path: Path) -> None:
+    folder = tmp_path / "seq"
+    _write_images(folder, ["f1.png", "f2.png", "f10.png", "f3.jpg"])
+    (folder / "notes.txt").write_text("not a frame")
+    info = probe(folder)
+    assert [p.name for p in info.image_files] == ["f1.png", "f2.png", "f3.jpg", "f10.png"]
+    assert info.fps == 30.0 and info.fps_estimated and any("30 fps" in w for w in info.warnings)
+    values = [int(f.image[0, 0, 0]) for f in iter_frames(info)]
+    assert values[:2] == [0, 10] and abs(values[2] - 30) <= 2 and values[3] == 20  # jpg is lossy
+    assert probe(folder, fps=24.0).fps == 24.0 and not probe(folder, fps=24.0).warnings
+
+
+def test_empty_folder_and_mixed_sizes_are_clip_errors(tmp_path: Path) -> None:
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ClipError, match="contains no png or jpg"):
+        probe(tmp_path / "none")
+    folder = tmp_path / "mixed"
+    _write_images(folder, ["a1.png"])
+    cv2.imwrite(str(folder / "a2.png"), np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(ClipError, match="must have one size"):
+        list(iter_frames(folder))
+
+
+def test_huge_frames_are_downscaled(tmp_path: Path) -> None:
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    big = np.zeros((3000, 4000, 3), np.uint8)
+    big[1000:2000, 1000:3000] = 255
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    info = probe(folder, fps=30, max_side=1280)
+    assert (info.width, info.height) == (4000, 3000)
+    assert info.image_size == (1280, 960) and info.downscale == pytest.approx(0.32)
+    frame = next(iter_frames(info))
+    assert frame.image.shape == (960, 1280, 3)
+    # The white block lands at source coordinates x downscale.
+    assert frame.image[480, 640, 0] > 200 and frame.image[200, 200, 0] < 50
