@@ -1,0 +1,185 @@
+"""HeadModel: the one torch module that evaluates every FLAME-format head model (FLAME files or the built-in head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import lbs
+from .data import HeadModelData, HeadModelError
+
+
+@dataclass
+class HeadOutput:
+    """A batch of evaluated heads, all in head coordinates (root rotation and translation not applied).
+
+    vertices (B, V, 3), joints (B, J, 3) posed joint positions, landmarks68 (B, 68, 3), landmarks_mp (B, N, 3)
+    (the MediaPipe points named by `HeadModelData.mp_indices`).
+    """
+
+    vertices: torch.Tensor
+    joints: torch.Tensor
+    landmarks68: torch.Tensor
+    landmarks_mp: torch.Tensor
+
+
+class HeadModel(nn.Module):
+    """FLAME-format head model as buffers only (no trainable parameters): every input is passed to forward."""
+
+    v_template: torch.Tensor
+    shapedirs_flat: torch.Tensor
+    exprdirs_flat: torch.Tensor
+    posedirs_flat: torch.Tensor
+    j_regressor: torch.Tensor
+    j_template: torch.Tensor
+    j_shapedirs_flat: torch.Tensor
+    expr_pose_dirs_flat: torch.Tensor
+    weights: torch.Tensor
+    faces: torch.Tensor
+    lmk68_faces: torch.Tensor
+    lmk68_bary: torch.Tensor
+    mp_faces: torch.Tensor
+    mp_bary: torch.Tensor
+    mp_indices: torch.Tensor
+    regions: torch.Tensor
+
+    def __init__(self, data: HeadModelData) -> None:
+        super().__init__()
+        data.validate()
+        self.data = data
+        nv = data.num_vertices
+
+        def f32(a: object) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32).clone()
+
+        def i64(a: object) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.int64).clone()
+
+        self.register_buffer("v_template", f32(data.v_template))  # (V, 3)
+        # Components first, flattened per vertex, so blending is one (B, K) @ (K, V*3) matmul.
+        self.register_buffer("shapedirs_flat", f32(data.shapedirs).permute(2, 0, 1).reshape(-1, nv * 3).contiguous())
+        self.register_buffer("exprdirs_flat", f32(data.exprdirs).permute(2, 0, 1).reshape(-1, nv * 3).contiguous())
+        self.register_buffer("posedirs_flat", f32(data.posedirs).permute(2, 0, 1).reshape(-1, nv * 3).contiguous())
+        self.register_buffer("j_regressor", f32(data.J_regressor))  # (J, V)
+        # Joints are linear in shape (regressed from the identity mesh), so regress the bases once.
+        j_template = self.j_regressor @ self.v_template  # (J, 3)
+        j_shapedirs = torch.einsum("jv,svc->sjc", self.j_regressor, self.shapedirs_flat.reshape(-1, nv, 3))
+        self.register_buffer("j_template", j_template)  # (J, 3)
+        self.register_buffer("j_shapedirs_flat", j_shapedirs.reshape(-1, j_template.numel()).contiguous())  # (S, J*3)
+        # Expression and pose correctives share one matmul.
+        self.register_buffer("expr_pose_dirs_flat", torch.cat([self.exprdirs_flat, self.posedirs_flat]).contiguous())
+        self.register_buffer("weights", f32(data.weights))  # (V, J)
+        self.register_buffer("faces", i64(data.faces))  # (F, 3)
+        self.register_buffer("lmk68_faces", i64(data.lmk68_faces))  # (68,)
+        self.register_buffer("lmk68_bary", f32(data.lmk68_bary))  # (68, 3)
+        self.register_buffer("mp_faces", i64(data.mp_faces))  # (N,)
+        self.register_buffer("mp_bary", f32(data.mp_bary))  # (N, 3)
+        self.register_buffer("mp_indices", i64(data.mp_indices))  # (N,)
+        self.register_buffer("regions", i64(data.regions))  # (V,)
+        self.parents: list[int] = [int(p) for p in data.parents]
+
+    @property
+    def num_vertices(self) -> int:
+        return self.data.num_vertices
+
+    @property
+    def num_shape(self) -> int:
+        return self.data.num_shape
+
+    @property
+    def num_expression(self) -> int:
+        return self.data.num_expression
+
+    @property
+    def num_joints(self) -> int:
+        return self.data.num_joints
+
+    @property
+    def expression_names(self) -> list[str]:
+        return self.data.expression_names
+
+    @property
+    def joint_names(self) -> list[str]:
+        return self.data.joint_names
+
+    def _check(self, name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(tensor.shape) != shape:
+            raise HeadModelError(f"HeadModel.forward got {name} of shape {tuple(tensor.shape)}, expected {shape}.")
+
+    def identity_mesh(self, shape: torch.Tensor) -> torch.Tensor:
+        """Template plus shape blend. shape (B, S) -> (B, V, 3).
+
+        A shape expanded over the batch (`shape[None].expand(B, -1)`, stride 0) is blended once, not B times.
+        """
+        if shape.shape[0] > 1 and shape.stride(0) == 0:
+            return (self.v_template + lbs.blend(shape[:1], self.shapedirs_flat)).expand(shape.shape[0], -1, -1)
+        return self.v_template + lbs.blend(shape, self.shapedirs_flat)
+
+    def identity_joints(self, shape: torch.Tensor) -> torch.Tensor:
+        """Rest joint positions of an identity, regressed from template + shape blend.
+
+        shape (S,) -> (J, 3), or (B, S) -> (B, J, 3).
+        """
+        single = shape.dim() == 1
+        batch = shape[None] if single else shape
+        joints = self.j_template + (batch @ self.j_shapedirs_flat).reshape(batch.shape[0], -1, 3)
+        return joints[0] if single else joints
+
+    def rest_vertices(
+        self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unposed mesh: template + shape + expression blends (+ pose correctives) (+ offsets). -> (B, V, 3).
+
+        shape (B, S), expression (B, E), pose (B, J, 3) or None (no correctives), offsets (B, V, 3) or None.
+        """
+        verts = self.identity_mesh(shape) + lbs.blend(expression, self.exprdirs_flat)
+        if pose is not None:
+            verts = verts + lbs.blend(lbs.pose_feature(self._local_rotations(pose)), self.posedirs_flat)
+        if offsets is not None:
+            verts = verts + offsets
+        return verts
+
+    def _local_rotations(self, pose: torch.Tensor) -> torch.Tensor:
+        """pose (B, J, 3) axis-angle -> (B, J, 3, 3) with the root forced to the identity (head coordinates)."""
+        rots = lbs.rotation_matrix(pose[:, 1:])  # (B, J-1, 3, 3)
+        eye = torch.eye(3, dtype=rots.dtype, device=rots.device).expand(pose.shape[0], 1, 3, 3)
+        return torch.cat([eye, rots], dim=1)
+
+    def forward(
+        self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor, offsets: torch.Tensor | None = None,
+    ) -> HeadOutput:
+        """Evaluate a batch of heads in head coordinates; pose[:, 0] (the root) is ignored.
+
+        shape (B, S), expression (B, E), pose (B, J, 3) axis-angle per joint, offsets (B, V, 3) rest-space
+        displacements added before skinning, or None.
+        """
+        batch = shape.shape[0]
+        self._check("shape", shape, (batch, self.num_shape))
+        self._check("expression", expression, (batch, self.num_expression))
+        self._check("pose", pose, (batch, self.num_joints, 3))
+        if offsets is not None:
+            self._check("offsets", offsets, (batch, self.num_vertices, 3))
+        joints_rest = self.identity_joints(shape)  # (B, J, 3), deliberately expression-free
+        rot_mats = self._local_rotations(pose)  # (B, J, 3, 3)
+        # FLAME eq. 2-4 in one matmul: expression blend and pose correctives (R_j - I for joints 1..J-1).
+        coeffs = torch.cat([expression, lbs.pose_feature(rot_mats)], dim=1)  # (B, E + P)
+        rest = self.identity_mesh(shape) + lbs.blend(coeffs, self.expr_pose_dirs_flat)
+        if offsets is not None:
+            rest = rest + offsets
+        joints, transforms = lbs.rigid_transforms(rot_mats, joints_rest, self.parents)
+        vertices = lbs.skin(rest, self.weights, transforms)
+        return HeadOutput(
+            vertices=vertices,
+            joints=joints,
+            landmarks68=lbs.embed_points(vertices, self.faces, self.lmk68_faces, self.lmk68_bary),
+            landmarks_mp=lbs.embed_points(vertices, self.faces, self.mp_faces, self.mp_bary),
+        )
+
+    def zeros(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Neutral inputs (shape (B, S), expression (B, E), pose (B, J, 3)) on this module's device."""
+        dev = self.v_template.device
+        return (torch.zeros(batch, self.num_shape, device=dev), torch.zeros(batch, self.num_expression, device=dev),
+                torch.zeros(batch, self.num_joints, 3, device=dev))
