@@ -1,0 +1,1 @@
+"""Blender helpers without UI: the take importer, job control and the version compatibility layer."""

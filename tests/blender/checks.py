@@ -1,0 +1,376 @@
+"""The Blender-side checks, as plain functions: run by pytest on bpy 5.x and by run_bpy42_checks.py on 4.2.
+
+Each check starts from an empty file, takes a scratch folder and raises AssertionError on failure.
+The add-on must be enabled (see enable_addon) before they run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_DIR = Path(__file__).resolve().parent / "fake_servers"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+if "microexp_fixtures" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("microexp_fixtures", ROOT / "tests" / "core" / "fixtures.py")
+    assert _spec is not None and _spec.loader is not None
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["microexp_fixtures"] = _module
+    _spec.loader.exec_module(_module)
+
+import microexp_fixtures as fixtures  # noqa: E402
+
+from blender_microexp.blender import compat, importer  # noqa: E402
+from blender_microexp.core import rig  # noqa: E402
+from blender_microexp.core.take import read_take  # noqa: E402
+
+ADDON = "blender_microexp"
+TOL = 1e-4
+
+
+def enable_addon() -> None:
+    import addon_utils
+
+    if bpy.context.preferences.addons.get(ADDON) is None:
+        addon_utils.enable(ADDON, default_set=True, handle_error=None)
+    assert hasattr(bpy.types.Scene, "microexp"), "the add-on did not register"
+
+
+def fresh_file() -> None:
+    bpy.ops.wm.read_homefile(use_empty=True)
+
+
+def set_server(server_dir: Path, python: str = sys.executable, cache_dir: Path | None = None) -> None:
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.server_dir = str(server_dir)
+    prefs.server_python = python
+    prefs.head_model = "BUILTIN"
+    prefs.cache_dir = str(cache_dir) if cache_dir else ""
+
+
+def call_operator(op: Any, **kwargs: Any) -> tuple[set[str], str]:
+    """Run an operator; an ERROR report (which bpy.ops raises in background mode) becomes CANCELLED + message."""
+    try:
+        return set(op(**kwargs)), ""
+    except RuntimeError as exc:
+        return {"CANCELLED"}, str(exc).removeprefix("Error: ").strip()
+
+
+def microexp_objects() -> list[Any]:
+    return [o for o in bpy.data.objects if o.name.startswith(("clip", "take", "face", "smoke", "flame"))]
+
+
+def assert_matches_take(result: importer.ImportResult, take_dir: Path, frames: list[int]) -> float:
+    """The evaluated mesh equals the take's vertices at these take frames; returns the worst error."""
+    take = read_take(take_dir)
+    scene = bpy.context.scene
+    worst = 0.0
+    for i in frames:
+        scene.frame_set(result.frame_start + i)
+        got = importer.evaluated_vertices(bpy.context, result.mesh)
+        err = float(np.abs(got - take["vertices"][i]).max())
+        worst = max(worst, err)
+        assert err < TOL, f"frame {i}: evaluated mesh is {err:.2e} m off the take"
+    return worst
+
+
+def check_register_twice(tmp: Path) -> None:
+    import blender_microexp
+
+    fresh_file()
+    for _ in range(2):
+        blender_microexp.unregister()
+        assert not hasattr(bpy.types.Scene, "microexp") and not hasattr(bpy.ops.microexp, "run_job") or \
+            "run_job" not in dir(bpy.ops.microexp)
+        blender_microexp.register()
+        assert hasattr(bpy.types.Scene, "microexp") and hasattr(bpy.types.WindowManager, "microexp_job")
+        assert "run_job" in dir(bpy.ops.microexp)
+    handlers = [h for h in bpy.app.handlers.load_pre if getattr(h, "__module__", "") == ADDON]
+    assert len(handlers) == 1, "register/unregister leaked load_pre handlers"
+
+
+def check_import_structure_and_exactness(tmp: Path) -> None:
+    fresh_file()
+    folder = fixtures.make_fixture_take(tmp / "face_take", T=12, V=300, E=5, K=3, P=36, big_expression=True,
+                                        first_frame=40, fps=24.0)
+    take = read_take(folder)
+    result = importer.import_take(bpy.context, folder, frame_start=1)
+    name = "face_take"  # no clip in the header: the take folder's name
+    assert result.collection.name == f"MicroExp {name}"
+    assert {o.name for o in result.collection.objects} == {f"{name}_root", f"{name}_camera", f"{name}_rig",
+                                                           f"{name}_head"}
+    assert result.mesh.parent == result.armature and result.armature.parent == result.root
+    assert result.camera.parent == result.root
+    assert np.allclose(np.array(result.root.rotation_euler), [np.pi / 2, 0, 0])
+    assert [b.name for b in result.armature.data.bones] == take.joint_names
+    assert result.armature.data.bones["jaw"].parent.name == "neck"
+    assert [g.name for g in result.mesh.vertex_groups] == take.joint_names
+    keys = [k.name for k in result.mesh.data.shape_keys.key_blocks]
+    assert keys[0] == "Basis" and len(keys) == 1 + 5 + 36 + 3
+    assert keys[1:6] == take.expression_names and keys[6] == "pose.neck.00" and keys[-1] == "detail_02"
+    assert len(result.mesh.data.vertices) == 300 and len(result.mesh.data.polygons) == len(take["faces"])
+    scene = bpy.context.scene
+    assert scene.frame_start == 1 and scene.frame_end == 12 and scene.render.fps == 24
+    assert list(result.root["microexp_frame_numbers"]) == list(range(40, 52))
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (640, 480)
+    fx = float(take["camera"][0])
+    assert abs(result.camera.data.lens - fx * result.camera.data.sensor_width / 640) < 1e-4
+    # expr_00 exceeds the ±10 slider limit, so its data was scaled and its values divided.
+    big = result.mesh.data.shape_keys.key_blocks["expr_00"]
+    assert big.slider_min >= -10 and big.slider_max <= 10
+    scene.frame_set(1 + 5)
+    want = float(take["expression"][5, 0])
+    scale = float(np.abs(take["expression"][:, 0]).max()) / 10
+    assert abs(big.value * scale - want) < 1e-3 * abs(want) + 1e-5
+    jaw_q = result.armature.pose.bones["jaw"].rotation_quaternion
+    assert np.allclose(np.array(jaw_q), rig.axis_angle_to_quaternion(take["pose"][:, 2])[5], atol=1e-5)
+    assert np.allclose(np.array(result.armature.location), take["translation"][5], atol=1e-6)
+    assert_matches_take(result, folder, [0, 5, 11])
+    fcurves = [fc for a in result.actions for fc in compat.action_fcurves(a)]
+    assert len(fcurves) == 3 + 4 + 4 * 4 + 5 + 36 + 3
+    assert all(len(fc.keyframe_points) == 12 for fc in fcurves)
+    if compat.SLOTTED_ACTIONS:
+        assert [a.name for a in result.actions] == [name] and len(result.actions[0].slots) == 2
+    else:
+        assert [a.name for a in result.actions] == [name, f"{name}_shapes"]
+    # pushed to the NLA, still playing
+    assert result.armature.animation_data.nla_tracks[0].strips[0].action == result.actions[0]
+
+
+def check_world_transform(tmp: Path) -> None:
+    """The head's world position in Blender = the take's world (y-up) rotated into z-up by the root."""
+    fresh_file()
+    folder = fixtures.make_fixture_take(tmp / "take_world", T=4, V=80, E=2, K=1, P=0)
+    take = read_take(folder)
+    result = importer.import_take(bpy.context, folder, push_to_nla=False)
+    bpy.context.scene.frame_set(result.frame_start + 2)
+    bpy.context.view_layer.update()
+    local = importer.evaluated_vertices(bpy.context, result.mesh)
+    mw = np.array(result.mesh.matrix_world)
+    blender_world = local @ mw[:3, :3].T + mw[:3, 3]
+    head_world = rig.to_world(take["vertices"][2:3], take["pose"][2:3], take["translation"][2:3])[0]
+    y_up_to_z_up = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]])
+    assert np.abs(blender_world - head_world @ y_up_to_z_up.T).max() < TOL
+    assert result.armature.animation_data.action is not None  # not pushed: the action is active
+
+
+def check_flame_topology(tmp: Path) -> None:
+    fresh_file()
+    folder = fixtures.make_flame_fixture_take(tmp / "flame_take", T=6, E=8, K=4, P=36)
+    result = importer.import_take(bpy.context, folder)
+    assert len(result.mesh.data.vertices) == 5023 and len(result.mesh.data.polygons) == 9976
+    assert_matches_take(result, folder, [0, 3, 5])
+
+
+def check_reimport_updates(tmp: Path) -> None:
+    fresh_file()
+    folder = fixtures.make_fixture_take(tmp / "take_again", T=6, V=100, E=3, K=2, P=36, seed=3)
+    importer.import_take(bpy.context, folder)
+    counts = (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.armatures), len(bpy.data.actions),
+              len(bpy.data.collections), len(bpy.data.cameras))
+    # A re-run writes a new take into the same folder: the rig follows, nothing is duplicated.
+    fixtures.make_fixture_take(folder, T=8, V=100, E=3, K=2, P=36, seed=4)
+    again = importer.import_take(bpy.context, folder)
+    assert again.replaced
+    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.armatures), len(bpy.data.actions),
+            len(bpy.data.collections), len(bpy.data.cameras)) == counts
+    assert again.mesh.name == "take_again_head" and again.collection.name == "MicroExp take_again"
+    assert bpy.context.scene.frame_end == 8
+    assert_matches_take(again, folder, [0, 7])
+
+
+def check_damaged_take(tmp: Path) -> None:
+    fresh_file()
+    folder = fixtures.make_fixture_take(tmp / "take_bad", T=4, V=60, E=2, K=1, P=0)
+    (folder / "take.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    before = (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.collections), len(bpy.data.actions))
+    try:
+        importer.import_take(bpy.context, folder)
+    except importer.ImportTakeError as exc:
+        assert "damaged" in str(exc) and str(exc).count(".") >= 1
+    else:
+        raise AssertionError("a damaged take was imported")
+    result, message = call_operator(bpy.ops.microexp.import_take, filepath=str(folder / "take.json"))
+    assert result == {"CANCELLED"} and "damaged and cannot be read" in message
+    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.collections), len(bpy.data.actions)) == before
+
+
+def check_failure_midway_leaves_nothing(tmp: Path) -> None:
+    """An exception after part of the rig exists removes all of it (nothing half-imported)."""
+    fresh_file()
+    folder = fixtures.make_fixture_take(tmp / "take_midway", T=4, V=60, E=2, K=1, P=36)
+    before = (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.armatures), len(bpy.data.collections),
+              len(bpy.data.actions), len(bpy.data.cameras))
+    original = compat.fill_fcurve
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("simulated failure")
+
+    compat.fill_fcurve = broken  # type: ignore[assignment]
+    try:
+        importer.import_take(bpy.context, folder)
+    except importer.ImportTakeError as exc:
+        assert "simulated failure" in str(exc)
+    else:
+        raise AssertionError("the failure was not reported")
+    finally:
+        compat.fill_fcurve = original
+    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.armatures), len(bpy.data.collections),
+            len(bpy.data.actions), len(bpy.data.cameras)) == before
+
+
+def check_save_and_reopen(tmp: Path) -> None:
+    fresh_file()
+    folder = fixtures.make_fixture_take(tmp / "take_saved", T=6, V=120, E=3, K=2, P=36)
+    importer.import_take(bpy.context, folder)
+    blend = tmp / "saved.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    fresh_file()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    mesh = bpy.data.objects["take_saved_head"]
+    take = read_take(folder)
+    for i in (0, 4):
+        bpy.context.scene.frame_set(1 + i)
+        got = importer.evaluated_vertices(bpy.context, mesh)
+        assert np.abs(got - take["vertices"][i]).max() < TOL
+    assert bpy.data.objects["take_saved_root"].microexp_take.take_id == take.header["id"]
+
+
+def run_operator_job(tmp: Path, mode: str, frames: int = 6) -> tuple[set[str], Any]:
+    """Run microexp.run_job (blocking execute) against a fake server; returns (result, job state)."""
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    clip = tmp / "clip_face.mp4"
+    clip.write_bytes(b"not decoded by the fake server")
+    bpy.context.scene.microexp.clip = str(clip)
+    os.environ["MICROEXP_FAKE_MODE"] = mode
+    os.environ["MICROEXP_FAKE_FRAMES"] = str(frames)
+    try:
+        result, _message = call_operator(bpy.ops.microexp.run_job)
+    finally:
+        os.environ.pop("MICROEXP_FAKE_MODE", None)
+    return result, bpy.context.window_manager.microexp_job
+
+
+def check_operator_job_imports(tmp: Path) -> None:
+    result, state = run_operator_job(tmp, "ok", frames=7)
+    assert result == {"FINISHED"}, state.last_message
+    assert not state.running and "Imported MicroExp clip_face" in state.last_message
+    assert "MicroExp clip_face" in bpy.data.collections
+    assert len(bpy.data.objects["clip_face_head"].data.vertices) == 150
+    assert bpy.context.scene.frame_end == 7
+    take_dir = Path(state.job_dir) / "take"
+    assert (Path(state.job_dir) / "job.json").is_file() and (take_dir / "take.json").is_file()
+    assert (Path(state.job_dir) / "server.log").is_file()
+
+
+def check_operator_job_crash(tmp: Path) -> None:
+    result, state = run_operator_job(tmp, "crash")
+    assert result == {"CANCELLED"}
+    assert "exit code 3" in state.last_message and "server.log" in state.last_message
+    assert not state.running and not [c for c in bpy.data.collections if c.name.startswith("MicroExp")]
+
+
+def check_operator_job_garbage(tmp: Path) -> None:
+    result, state = run_operator_job(tmp, "garbage")
+    assert result == {"CANCELLED"} and "not a protocol event" in state.last_message
+    assert not [c for c in bpy.data.collections if c.name.startswith("MicroExp")]
+
+
+def check_operator_setup_error(tmp: Path) -> None:
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    bpy.context.scene.microexp.clip = str(tmp / "missing.mp4")
+    result, message = call_operator(bpy.ops.microexp.run_job)
+    assert result == {"CANCELLED"} and message.startswith("The clip") and "does not exist" in message
+    assert not bpy.context.window_manager.microexp_job.running
+
+
+def check_controller_cancel(tmp: Path) -> None:
+    """The modal operator's code path: start, pump on a timer, cancel from the panel's button."""
+    from blender_microexp.blender.jobs import JobController
+
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    clip = tmp / "clip_slow.mp4"
+    clip.write_bytes(b"x")
+    bpy.context.scene.microexp.clip = str(clip)
+    env = {**os.environ, "MICROEXP_FAKE_MODE": "slow"}
+    controller = JobController.start(bpy.context, env=env)
+    state = bpy.context.window_manager.microexp_job
+    assert state.running and not bpy.ops.microexp.run_job.poll()  # no second job while one runs
+    child_pid_file = Path(state.job_dir) / "child.pid"
+    deadline = time.monotonic() + 20
+    while not child_pid_file.exists() and time.monotonic() < deadline:
+        assert controller.pump(bpy.context) is None
+        time.sleep(0.1)
+    for _ in range(5):
+        assert controller.pump(bpy.context) is None
+        time.sleep(0.1)
+    assert state.progress >= 0.0 and state.stage == "preprocess" and "left" in state.text
+    assert bpy.ops.microexp.cancel_job() == {"FINISHED"}
+    t0 = time.monotonic()
+    outcome = None
+    while outcome is None and time.monotonic() - t0 < 10:
+        outcome = controller.pump(bpy.context)
+        time.sleep(0.1)
+    assert outcome is not None and outcome.status == "CANCELLED"
+    assert time.monotonic() - t0 < 3.5
+    time.sleep(0.2)
+    for pid in (controller.job.pid, int(child_pid_file.read_text())):
+        assert not _alive(pid), f"process {pid} survived the cancel"
+    assert not state.running and not [c for c in bpy.data.collections if c.name.startswith("MicroExp")]
+
+
+def check_load_pre_stops_jobs(tmp: Path) -> None:
+    from blender_microexp.blender.jobs import JobController
+
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    clip = tmp / "clip_load.mp4"
+    clip.write_bytes(b"x")
+    bpy.context.scene.microexp.clip = str(clip)
+    controller = JobController.start(bpy.context, env={**os.environ, "MICROEXP_FAKE_MODE": "slow"})
+    time.sleep(0.5)
+    fresh_file()  # loading another file runs load_pre
+    assert not controller.job.alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+ALL_CHECKS = [
+    check_register_twice,
+    check_import_structure_and_exactness,
+    check_world_transform,
+    check_reimport_updates,
+    check_damaged_take,
+    check_failure_midway_leaves_nothing,
+    check_save_and_reopen,
+    check_operator_job_imports,
+    check_operator_job_crash,
+    check_operator_job_garbage,
+    check_operator_setup_error,
+    check_controller_cancel,
+    check_load_pre_stops_jobs,
+]
+SHARED_CHECKS = [check_flame_topology]
