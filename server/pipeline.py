@@ -49,6 +49,8 @@ class ReconstructResult:
     take_dir: Path
     header: dict[str, Any]
     timings: dict[str, float]
+    coarse_vertices: np.ndarray
+    """(T, V, 3) the coarse fit's meshes, for comparing stages without a second run."""
 
 
 STAGES = ("preprocess", "fit", "refine", "write")
@@ -169,7 +171,7 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         "created": now_iso(),
     }
     write_take(out, header, arrays)
-    return ReconstructResult(take_dir=out, header=header, timings=timings)
+    return ReconstructResult(take_dir=out, header=header, timings=timings, coarse_vertices=coarse.vertices)
 
 
 __all__ = ["ReconstructOptions", "ReconstructResult", "reconstruct", "load_model", "MicroexpError"]

@@ -46,13 +46,13 @@ def write_preview(clip: str, out_path: Path, pre: Any, arrays: dict[str, np.ndar
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(pre.fps), (w, h))
     try:
         frames = (frame_numbers[0], frame_numbers[-1] + 1)
-        for index, frame in iter_frames(clip, frames=frames, max_side=max(w, h)):
+        for frame in iter_frames(clip, frames=frames, max_side=max(w, h)):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled")
-            i = by_source.get(int(index))
+            i = by_source.get(int(frame.index))
             if i is None:
                 continue
-            img = frame.copy()
+            img = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
             if img.shape[1] != w or img.shape[0] != h:
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
             pts = np.round(pix[i] * 16).astype(np.int32)  # 4 fractional bits for smooth lines
