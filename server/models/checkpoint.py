@@ -1,0 +1,55 @@
+"""Checkpoints of the refinement networks: save with their config and model dims, load refusing mismatches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.errors import MicroexpError
+
+FORMAT = "microexp-refine-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(MicroexpError):
+    """A checkpoint file is missing, unreadable, or made for another head model."""
+
+    code = "checkpoint"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write `payload` (state dicts, optimizer, step, config dict, dims) atomically: temp file, then rename."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot write the checkpoint '{target}': {exc.strerror or exc}.") from exc
+
+
+def load_checkpoint(path: str | Path, dims: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True; if `dims` is given, refuse one whose n_expression, n_vertices or
+    topology differ. Raises CheckpointError with one sentence."""
+    source = Path(path)
+    if not source.is_file():
+        raise CheckpointError(f"The checkpoint '{source}' does not exist.")
+    try:
+        data = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean the same thing to the user
+        raise CheckpointError(f"The checkpoint '{source}' cannot be read ({type(exc).__name__}).") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"The file '{source}' is not a micro-expression refinement checkpoint.")
+    if dims is not None:
+        saved = data.get("dims", {})
+        for key in ("n_expression", "n_vertices", "topology"):
+            if saved.get(key) != dims.get(key):
+                raise CheckpointError(
+                    f"The checkpoint '{source}' was trained for a head model with {key} = {saved.get(key)!r}, "
+                    f"but this head model has {dims.get(key)!r}."
+                )
+    return data

@@ -1,0 +1,549 @@
+"""Micro-expression refinement (paper §IV): the dynamic-encoded module and the dynamic-guided mesh deformation,
+optimised self-supervised on the clip itself (or fine-tuned from a trained checkpoint)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from server import losses as L
+from server.errors import Cancelled, ClipError
+from server.geometry import project, rotation_matrix, to_world
+from server.models.checkpoint import load_checkpoint
+from server.models.deformation import (
+    MeshDeformation,
+    lift_landmarks,
+    motion_attention,
+    nearest_landmarks,
+    patch_average,
+    region_centroids,
+)
+from server.models.dem import DynamicEncodedModule
+from server.models.graph import MeshGraph
+
+if TYPE_CHECKING:
+    from server.headmodel import HeadModel
+
+Progress = Callable[[str, int, int], None]
+Cancel = Callable[[], bool]
+CROP = 224
+
+
+@dataclass
+class RefineConfig:
+    """Settings of the refinement. Architecture fields (ARCH_FIELDS) are taken from a checkpoint when one is loaded."""
+
+    iterations: int = 250
+    """Most optimisation steps per clip."""
+    time_budget_s: float = 40.0
+    """Wall-clock budget of the optimisation loop (setup and the final pass come on top)."""
+    lr: float = 1e-3
+    """Adam learning rate of the per-clip optimisation (training uses the paper's 1e-4)."""
+    batch_frames: int = 12
+    """Frames per iteration of stage 'dem': a random contiguous run of the clip (the loss mini-batch)."""
+    full_batch_frames: int = 6
+    """Frames per iteration of stage 'full' (the mesh deformation costs ~10× more per frame on FLAME's 5023
+    vertices)."""
+    patience: int = 40
+    """Early stopping: stop when the smoothed total loss has not improved by `min_rel_improvement` for this many
+    iterations."""
+    min_rel_improvement: float = 1e-3
+    """Relative improvement of the smoothed loss that counts as progress."""
+    seed: int = 0
+    """Seed of the network initialisation and the frame sampling."""
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu' or 'cuda'."""
+    window: int = 16
+    """DEM window in frames (the paper's onset-to-offset span); long clips are processed in overlapping windows."""
+    overlap: int = 4
+    """Frames shared by consecutive DEM windows, cross-faded."""
+    solver: str = "rk4"
+    """torchdiffeq method: 'rk4' fixed-step on the frame grid (fast), 'dopri5' adaptive, 'euler', 'midpoint'."""
+    adjoint: bool = False
+    """Integrate gradients with odeint_adjoint (less memory, slower)."""
+    latent: int = 16
+    """Latent size of the ODE state z."""
+    hidden: int = 64
+    """Hidden width of the latent encoder, decoder and ODE function."""
+    motion_width: int = 16
+    """Channels of the widest 3D-conv layer of the motion encoder (layers use width/2, width, width)."""
+    flow_size: int = 56
+    """Flow resolution fed to the CNNs (average-pooled from 224; 224 = full resolution)."""
+    deform_hidden: int = 32
+    """Feature width of the mesh-deformation GCNs and MLPs."""
+    geo_layers: int = 2
+    """Graph-convolution layers of the geometric encoder (eq. 9)."""
+    gcn_layers: int = 3
+    """Graph-convolution layers of the deformation network (eq. 16)."""
+    motion_channels: int = 16
+    """Channels of the pixel-motion CNN (eq. 11)."""
+    landmark_k: int = 3
+    """Nearest lifted landmarks whose offsets each vertex receives (eq. 10)."""
+    lambda_attn: float = 0.02
+    """λ_attn of eq. 21."""
+    patch: int = 5
+    """Patch size of eq. 13 and 18, in pixels of the map it averages."""
+    attention_flow: Literal["onset", "adjacent"] = "onset"
+    """Flow behind the attention of eq. 18: 'adjacent' = O_t (paper); 'onset' = flow accumulated from the first
+    frame with the per-frame median removed (offsets are relative to the onset, so a held apex keeps attention)."""
+    use_motion_features: bool = True
+    """Ablation: pixel-motion features (eq. 11-13)."""
+    use_landmark_features: bool = True
+    """Ablation: lifted-landmark features (eq. 10)."""
+    use_geometry_features: bool = True
+    """Ablation: geometric GCN features (eq. 9)."""
+    use_geometric_losses: bool = True
+    """Ablation: L_geo of eq. 24 (Laplacian, normal, flow-guided)."""
+    dem_base: Literal["coarse", "onset"] = "coarse"
+    """DEM output around 'coarse' = the per-frame coarse fit (starts exactly at it) or 'onset' = the anchor frame's
+    expression (eq. 6 as written: ignores the coarse fit's frame-to-frame noise)."""
+    dem_scope: Literal["clip", "window"] = "clip"
+    """'clip': the DEM runs over the whole clip each step (windows chained as at inference); 'window': only over the
+    step's frames, anchored at its first frame (the paper's onset-to-offset training; used by `train`)."""
+    flow_face_only: bool = True
+    """Flow consistency only on vertices of the 8 face regions (the rest is hair, ears, neck: less reliable flow)."""
+    w_flow: float = 1.0
+    """Flow consistency (crop px, Charbonnier)."""
+    flow_eps: float = 0.05
+    """Charbonnier eps of the flow term, crop px."""
+    w_landmark: float = 0.05
+    """Landmark reprojection, inter-ocular units (FAN-68 and MediaPipe)."""
+    refine_pose: bool = True
+    """Also correct the coarse root rotation and translation per frame from the flow (per-clip mode only)."""
+    lr_rigid: float = 0.05
+    """SparseAdam learning rate of those corrections (units: 0.01 rad and mm, so 0.05 = 0.03° / 0.05 mm a step)."""
+    w_pose_coarse: float = 1e-2
+    """L2 of the root-rotation (centiradians) and translation (mm) corrections."""
+    w_temporal_pose: float = 1e-2
+    """2nd-order temporal smoothness of the root-rotation and translation corrections."""
+    w_expr_coarse: float = 1.0
+    """L2 of ψ - ψ_coarse."""
+    w_expr: float = 1e-5
+    """L2 of ψ."""
+    w_temporal_expr: float = 1e-3
+    """2nd-order temporal smoothness of ψ (mild: micro-expressions last 40-500 ms)."""
+    w_temporal_disp: float = 1e-3
+    """2nd-order temporal smoothness of ΔV (mm)."""
+    lambda_geo: float = 1.0
+    """λ_geo of eq. 23."""
+    lambda_lap: float = 0.05
+    """λ_lap of eq. 24 (ΔV in mm)."""
+    lambda_normal: float = 1.0
+    """λ_normal of eq. 24."""
+    lambda_flow_guide: float = 0.002
+    """λ_flow_guide of eq. 24 (ΔV in mm)."""
+    lambda_flow: float = 0.1
+    """λ_flow of eq. 27."""
+
+
+ARCH_FIELDS = ("dem_base", "window", "overlap", "latent", "hidden", "motion_width", "flow_size", "deform_hidden",
+               "geo_layers", "gcn_layers", "motion_channels", "landmark_k", "patch")
+
+
+def config_from_dict(values: dict[str, Any], base: RefineConfig | None = None) -> RefineConfig:
+    """A RefineConfig from a (checkpoint) dict; unknown keys are ignored, missing ones keep `base`'s values."""
+    cfg = base or RefineConfig()
+    known = {f.name for f in fields(RefineConfig)}
+    return RefineConfig(**{**asdict(cfg), **{k: v for k, v in values.items() if k in known}})
+
+
+@dataclass
+class Refined:
+    """Refinement result (numpy float32): expression (T, E), pose (T, J, 3), translation (T, 3), displacement
+    (T, V, 3) rest-space offsets in metres (HeadModel.forward's `offsets`), report (timings, losses, settings)."""
+
+    expression: np.ndarray
+    pose: np.ndarray
+    translation: np.ndarray
+    displacement: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class PreprocessedLike(Protocol):
+    """What refinement reads from `server.preprocess.Preprocessed`."""
+
+    crops: Any  # (T, 224, 224, 3) uint8
+    flow: Any  # (T-1, 224, 224, 2) float16, crop px
+    lmk68: Any  # (T, 68, 2) image px
+    mp_landmarks: Any  # (T, 478, 3) image px
+    crop_boxes: Any  # (T, 3)
+    confidence: Any  # (T,)
+    face_found: Any  # (T,) bool
+
+
+class CoarseFitLike(Protocol):
+    """What refinement reads from `server.fit.CoarseFit`."""
+
+    shape: Any  # (S,)
+    expression: Any  # (T, E)
+    pose: Any  # (T, J, 3)
+    translation: Any  # (T, 3)
+    camera: Any  # (4,)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ClipError("The refinement was asked to run on CUDA, but no CUDA device is available.")
+    return torch.device(name)
+
+
+def topology_hash(model: HeadModel) -> str:
+    """The head model's topology hash (from its data when it has one)."""
+    data = getattr(model, "data", None)
+    if data is not None and hasattr(data, "topology_hash"):
+        return str(data.topology_hash())
+    return str(model.topology_hash())  # type: ignore[operator]
+
+
+def model_dims(model: HeadModel) -> dict[str, Any]:
+    """The dims a checkpoint must match: n_expression, n_vertices, topology."""
+    return {"n_expression": int(model.num_expression), "n_vertices": int(model.num_vertices),
+            "topology": topology_hash(model)}
+
+
+class MicroExpNets(nn.Module):
+    """The trainable part: DynamicEncodedModule (eq. 4-6) and MeshDeformation (eq. 7-22)."""
+
+    def __init__(self, n_expression: int, cfg: RefineConfig) -> None:
+        super().__init__()
+        w = cfg.motion_width
+        self.dem = DynamicEncodedModule(
+            n_expression, latent=cfg.latent, hidden=cfg.hidden, motion_channels=(max(w // 2, 1), w, w),
+            flow_size=cfg.flow_size, window=cfg.window, overlap=cfg.overlap, solver=cfg.solver, adjoint=cfg.adjoint,
+            base=cfg.dem_base,
+        )
+        self.deform = MeshDeformation(
+            hidden=cfg.deform_hidden, geo_layers=cfg.geo_layers, gcn_layers=cfg.gcn_layers, motion_in_channels=4,
+            motion_channels=cfg.motion_channels, landmark_k=cfg.landmark_k, lambda_attn=cfg.lambda_attn,
+            patch=cfg.patch, use_motion_features=cfg.use_motion_features,
+            use_landmark_features=cfg.use_landmark_features, use_geometry_features=cfg.use_geometry_features,
+        )
+
+    def parameter_groups(self, stage: str) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups optimised in a stage ('dem' or 'full')."""
+        groups = {"dem": list(self.dem.parameters())}
+        if stage == "full":
+            groups["deformation"] = list(self.deform.parameters())
+        return groups
+
+
+class HeadTopology:
+    """Per-head-model constants: mesh graph, face mask, landmark -> vertex assignment. Built once per model."""
+
+    def __init__(self, model: HeadModel, shape: torch.Tensor, landmark_k: int) -> None:
+        faces = model.faces.long()
+        regions = model.regions.long()
+        with torch.no_grad():
+            s, e, p = model.zeros(1)
+            rest = model(shape[None].to(s), e, p)
+        self.graph = MeshGraph(faces, rest.vertices[0], regions).to(shape.device)
+        self.faces = faces.to(shape.device)
+        self.face_mask = (regions > 0).to(shape.device)
+        rest_lmk = torch.cat([rest.landmarks68[0], rest.landmarks_mp[0]], dim=0)  # (L, 3)
+        self.nearest = nearest_landmarks(rest.vertices[0], rest_lmk, landmark_k).to(shape.device)  # (V, k)
+        self.mp_indices = model.mp_indices.long().to(shape.device)
+
+
+class ClipTensors:
+    """One clip's inputs as tensors on the device, plus derived flow maps. T frames."""
+
+    def __init__(self, pre: PreprocessedLike, coarse: CoarseFitLike, device: torch.device, cfg: RefineConfig) -> None:
+        def t32(a: Any) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+
+        self.expression = t32(coarse.expression)  # (T, E)
+        n = self.expression.shape[0]
+        self.n_frames = n
+        self.shape = t32(coarse.shape)  # (S,)
+        self.pose = t32(coarse.pose)  # (T, J, 3)
+        self.translation = t32(coarse.translation)  # (T, 3)
+        self.camera = t32(coarse.camera)  # (4,)
+        flow = np.asarray(pre.flow)
+        if flow.shape[0] != n - 1 or flow.shape[1:] != (CROP, CROP, 2):
+            raise ClipError(f"The preprocessed flow has shape {flow.shape}, which does not fit the coarse fit's "
+                            f"{n} frames (expected ({n - 1}, {CROP}, {CROP}, 2)).")
+        if n < 2:
+            raise ClipError("The clip has fewer than 2 frames, so there is no motion to refine.")
+        self.flow = t32(flow).permute(0, 3, 1, 2).contiguous()  # (T-1, 2, 224, 224)
+        self.boxes = t32(pre.crop_boxes)  # (T, 3)
+        self.lmk68 = t32(pre.lmk68)  # (T, 68, 2)
+        self.mp_all = t32(np.asarray(pre.mp_landmarks)[..., :2])  # (T, 478, 2)
+        found = np.asarray(pre.face_found, dtype=bool)
+        self.confidence = t32(np.where(found, np.asarray(pre.confidence, dtype=np.float32), 0.0))  # (T,)
+        self.iod = L.inter_ocular(self.lmk68)
+        s = cfg.flow_size
+        self.flow_small = F.adaptive_avg_pool2d(self.flow, s) * (s / CROP)  # (T-1, 2, s, s)
+        cum = torch.cat([torch.zeros_like(self.flow[:1]), torch.cumsum(self.flow, 0)], 0)  # (T, 2, 224, 224)
+        # The per-frame median flow is mostly rigid head motion, which the coarse fit already explains.
+        cum = cum - cum.flatten(2).median(dim=2).values[..., None, None]
+        adjacent = torch.cat([self.flow, self.flow[-1:]], 0)  # (T, 2, 224, 224): O_t, last frame reuses O_{T-2}
+        self.motion_input = torch.cat(
+            [F.adaptive_avg_pool2d(adjacent, s) * (s / CROP), F.adaptive_avg_pool2d(cum, s) * (s / CROP)], 1
+        )  # (T, 4, s, s)
+        source = cum if cfg.attention_flow == "onset" else adjacent
+        magnitude = torch.linalg.vector_norm(source, dim=1, keepdim=True)  # (T, 1, 224, 224), eq. 18 input
+        # Pooled once: eq. 18's patch mean at every pixel, so a step only gathers 8 values per frame.
+        self.intensity = F.avg_pool2d(magnitude, cfg.patch, stride=1, padding=cfg.patch // 2, count_include_pad=False)
+
+
+class ClipObjective:
+    """Evaluates the networks and the losses on a run of frames of one clip; shared by `refine` and `train`."""
+
+    def __init__(self, model: HeadModel, topo: HeadTopology, clip: ClipTensors, nets: MicroExpNets,
+                 cfg: RefineConfig, refine_pose: bool = False) -> None:
+        self.model, self.topo, self.clip, self.nets, self.cfg = model, topo, clip, nets, cfg
+        n, joints = clip.pose.shape[:2]
+        self.joints = joints
+        # Per-frame corrections of the coarse root rotation (centiradians, row 0) and translation (mm, row 1):
+        # the landmark fit's frame-to-frame rigid jitter is far larger than a micro-expression's image motion,
+        # and the flow measures it directly. Only the rigid part: a neck rotation moves the face almost like the
+        # root's, but it would show as (spurious) motion in head coordinates. Optimised only in per-clip mode
+        # (`refine_pose`). An embedding with
+        # sparse gradients, so a lazy optimizer (SparseAdam) moves only the frames a step saw: dense Adam's
+        # momentum would keep pushing the other frames with no data behind it.
+        self.rigid = nn.Embedding(n, 6, sparse=True).to(clip.pose.device)
+        nn.init.zeros_(self.rigid.weight)
+        self.rigid.weight.requires_grad_(refine_pose)
+
+    def corrections(self, frames: torch.Tensor) -> torch.Tensor:
+        """Root-rotation (0.01 rad) and translation (mm) corrections (B, 2, 3) of `frames`."""
+        return self.rigid(frames).reshape(frames.shape[0], 2, 3)
+
+    def pose(self, frames: torch.Tensor) -> torch.Tensor:
+        """Refined pose (B, J, 3) of `frames` (root corrected, other joints as fitted)."""
+        pose = self.clip.pose[frames]
+        return torch.cat([pose[:, :1] + self.corrections(frames)[:, :1] * 0.01, pose[:, 1:]], dim=1)
+
+    def translation(self, frames: torch.Tensor) -> torch.Tensor:
+        """Refined translation (B, 3) of `frames`, metres."""
+        return self.clip.translation[frames] + self.corrections(frames)[:, -1] * 1e-3
+
+    def expressions(self, start: int, stop: int) -> torch.Tensor:
+        """ψ (stop-start, E) from the DEM, over the whole clip or the window alone (cfg.dem_scope)."""
+        c = self.clip
+        if self.cfg.dem_scope == "clip":
+            return self.nets.dem(c.flow_small, c.expression)[start:stop]
+        return self.nets.dem(c.flow_small[start:stop - 1], c.expression[start:stop])
+
+    def deform(self, frames: torch.Tensor, psi: torch.Tensor, init: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔV (B, V, 3) and per-vertex attention (B, V) for `frames` (B,) whose initial heads are `init`."""
+        c, cfg = self.clip, self.cfg
+        v_init = init.vertices.detach()
+        root, trans = self.pose(frames)[:, 0].detach(), self.translation(frames).detach()
+        world = to_world(v_init, root, trans)
+        crop_px = L.image_to_crop(project(world, c.camera), c.boxes[frames])  # (B, V, 2)
+        centers = region_centroids(crop_px, self.topo.graph.regions)  # (B, 8, 2), eq. 12
+        valid = torch.isfinite(centers).all(-1)
+        intensity = patch_average(c.intensity[frames], centers, 1)[..., 0]  # (B, 8), eq. 18 (pre-pooled)
+        attention = motion_attention(intensity, valid)  # eq. 19-20
+        # Eq. 10: lift the observed landmarks to the depth of their embedded points; the offset (head coords, mm)
+        # from the embedded point to the lifted landmark is the feature of its nearest vertices.
+        embedded = torch.cat([init.landmarks68, init.landmarks_mp], 1).detach()  # (B, L, 3) head coords
+        observed = torch.cat([c.lmk68[frames], c.mp_all[frames][:, self.topo.mp_indices]], 1)  # (B, L, 2)
+        lifted = lift_landmarks(observed, to_world(embedded, root, trans), c.camera)
+        lifted_head = (lifted - trans[:, None]) @ rotation_matrix(root)  # inverse of to_world
+        offsets = ((lifted_head - embedded) * L.MM).clamp(-20.0, 20.0) * c.confidence[frames, None, None]
+        lmk_feat = offsets[:, self.topo.nearest].flatten(2)  # (B, V, 3k)
+        scale = cfg.flow_size / CROP
+        return self.nets.deform(self.topo.graph, v_init, c.motion_input[frames], centers * scale, attention, lmk_feat)
+
+    def losses(self, start: int, stop: int, stage: str) -> dict[str, torch.Tensor]:
+        """Weighted loss terms (and 'total') on frames start..stop-1 (at least 2 frames)."""
+        c, cfg, topo = self.clip, self.cfg, self.topo
+        frames = torch.arange(start, stop, device=c.expression.device)
+        batch = frames.shape[0]
+        psi = self.expressions(start, stop)
+        shape = c.shape[None].expand(batch, -1)
+        pose, trans = self.pose(frames), self.translation(frames)
+        init = self.model(shape, psi, pose)
+        terms: dict[str, torch.Tensor] = {}
+        delta = None
+        if stage == "full":
+            delta, attention = self.deform(frames, psi, init)
+            out = self.model(shape, psi, pose, delta)
+        else:
+            out = init
+        world = to_world(out.vertices, pose[:, 0], trans)
+        pair_w = c.confidence[frames[:-1]] * c.confidence[frames[1:]]
+        terms["flow"] = cfg.w_flow * L.flow_consistency_loss(
+            world[:-1], world[1:], c.flow[frames[:-1]], c.boxes[frames[:-1]], c.boxes[frames[1:]], c.camera,
+            topo.faces, pair_w, topo.face_mask if cfg.flow_face_only else None, cfg.flow_eps,
+        )
+        lmk_world = to_world(torch.cat([out.landmarks68, out.landmarks_mp], 1), pose[:, 0], trans)
+        observed = torch.cat([c.lmk68[frames], c.mp_all[frames][:, topo.mp_indices]], 1)
+        terms["landmark"] = cfg.w_landmark * L.landmark_loss(project(lmk_world, c.camera), observed, c.iod[frames],
+                                                             c.confidence[frames])
+        terms["expr_coarse"] = cfg.w_expr_coarse * (psi - c.expression[frames]).pow(2).sum(-1).mean()
+        terms["expr"] = cfg.w_expr * psi.pow(2).sum(-1).mean()
+        terms["temporal_expr"] = cfg.w_temporal_expr * L.second_difference(psi)
+        if self.rigid.weight.requires_grad:
+            rigid = self.corrections(frames)
+            terms["pose_prior"] = cfg.w_pose_coarse * rigid.pow(2).sum((1, 2)).mean()
+            terms["temporal_pose"] = cfg.w_temporal_pose * L.second_difference(rigid)
+        if delta is not None:
+            terms["temporal_disp"] = cfg.w_temporal_disp * L.second_difference(delta * L.MM)
+            if cfg.use_geometric_losses:
+                geo = (cfg.lambda_lap * L.laplacian_loss(delta, topo.graph.laplacian)
+                       + cfg.lambda_normal * L.normal_consistency_loss(out.vertices, init.vertices, topo.faces)
+                       + cfg.lambda_flow_guide * L.flow_guide_loss(delta, attention, cfg.lambda_flow))  # eq. 24
+                terms["geo"] = cfg.lambda_geo * geo  # eq. 23
+        terms["total"] = torch.stack(list(terms.values())).sum()
+        return terms
+
+    @torch.no_grad()
+    def infer(self, stage: str, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-clip result: ψ (T, E) and ΔV (T, V, 3) (zeros for stage 'dem'); pose via `pose`."""
+        c = self.clip
+        psi = self.nets.dem(c.flow_small, c.expression)
+        nv = int(self.model.num_vertices)
+        disp = torch.zeros(c.n_frames, nv, 3, device=psi.device)
+        if stage == "full":
+            for s in range(0, c.n_frames, chunk):
+                frames = torch.arange(s, min(s + chunk, c.n_frames), device=psi.device)
+                shape = c.shape[None].expand(frames.shape[0], -1)
+                init = self.model(shape, psi[frames], self.pose(frames))
+                disp[frames] = self.deform(frames, psi[frames], init)[0]
+        return psi, disp
+
+    @torch.no_grad()
+    def evaluate(self, stage: str) -> dict[str, float]:
+        """Loss terms over the whole clip in consecutive runs of `batch_frames` (a fixed, noise-free measure)."""
+        sums: dict[str, float] = {}
+        count = 0
+        step = max(self.cfg.batch_frames, 2)
+        for s in range(0, self.clip.n_frames - 1, step - 1):
+            e = min(s + step, self.clip.n_frames)
+            if e - s < 2:
+                continue
+            for k, v in self.losses(s, e, stage).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def build_nets(model: HeadModel, cfg: RefineConfig, checkpoint: str | Path | None, device: torch.device
+               ) -> tuple[MicroExpNets, RefineConfig, dict[str, Any] | None]:
+    """Networks for this head model, from a checkpoint (whose architecture fields win) or freshly initialised."""
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint, model_dims(model))
+        saved = ckpt.get("config", {})
+        cfg = config_from_dict({k: saved[k] for k in ARCH_FIELDS if k in saved}, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        nets = MicroExpNets(int(model.num_expression), cfg)
+    if ckpt is not None:
+        nets.load_state_dict(ckpt["nets"])
+    return nets.to(device), cfg, ckpt
+
+
+def refine(
+    model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stages: str = "dem",
+    config: RefineConfig | None = None, progress: Progress | None = None, cancel: Cancel | None = None,
+    checkpoint: str | Path | None = None,
+) -> Refined:
+    """Refine a coarse fit: 'dem' re-estimates expressions (eq. 4-6); 'full' also adds rest-space vertex offsets
+    (eq. 7-22), both networks optimised jointly on the clip's self-supervised losses.
+
+    Per-clip mode: networks start at the identity (zero last layers: output = coarse fit) or at `checkpoint`, and
+    Adam runs on random runs of `batch_frames` frames until `iterations`, `time_budget_s` or a loss plateau.
+    Raises Cancelled when `cancel()` turns true, ClipError / CheckpointError (one sentence) on bad input.
+    """
+    t_start = time.perf_counter()
+    if stages not in ("dem", "full"):
+        raise ValueError(f"Unknown refinement stages '{stages}': use 'dem' or 'full'.")
+    cfg = config or RefineConfig()
+    device = resolve_device(cfg.device)
+    nets, cfg, ckpt = build_nets(model, cfg, checkpoint, device)
+    model = model.to(device)
+    clip = ClipTensors(pre, coarse, device, cfg)
+    if clip.expression.shape[1] != model.num_expression:
+        raise ClipError(f"The coarse fit has {clip.expression.shape[1]} expression components but the head model has "
+                        f"{model.num_expression}.")
+    topo = HeadTopology(model, clip.shape, cfg.landmark_k)
+    objective = ClipObjective(model, topo, clip, nets, cfg, refine_pose=cfg.refine_pose)
+    params = [p for group in nets.parameter_groups(stages).values() for p in group]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(params, lr=cfg.lr)]
+    if cfg.refine_pose:
+        optimizers.append(torch.optim.SparseAdam([objective.rigid.weight], lr=cfg.lr_rigid))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t_setup = time.perf_counter()
+    initial = objective.evaluate(stages)
+
+    n_batch = min(max(cfg.full_batch_frames if stages == "full" else cfg.batch_frames, 2), clip.n_frames)
+    best, smoothed, since_best = math.inf, None, 0
+    stopped_by, it = "iterations", 0
+    t_loop = time.perf_counter()
+    for it in range(1, cfg.iterations + 1):
+        if cancel is not None and cancel():
+            raise Cancelled("The refinement was cancelled.")
+        start = int(torch.randint(0, clip.n_frames - n_batch + 1, (1,), generator=gen))
+        terms = objective.losses(start, start + n_batch, stages)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        for opt in optimizers:
+            opt.step()
+        value = float(terms["total"].detach())
+        if not math.isfinite(value):
+            raise ClipError("The refinement diverged (non-finite loss); the clip's flow or landmarks are unusable.")
+        # Steps see different frames, so single losses are noisy: watch a slow average, and only after a warm-up
+        # as long as the patience (before that the average still remembers its first, arbitrary windows).
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        if it <= cfg.patience or smoothed < best * (1.0 - cfg.min_rel_improvement):
+            best, since_best = smoothed, 0
+        else:
+            since_best += 1
+        if progress is not None:
+            progress("refine", it, cfg.iterations)
+        if since_best >= cfg.patience:
+            stopped_by = "plateau"
+            break
+        if time.perf_counter() - t_loop > cfg.time_budget_s:
+            stopped_by = "time"
+            break
+    t_opt = time.perf_counter()
+    nets.eval()
+    final = objective.evaluate(stages)
+    psi, disp = objective.infer(stages)
+    all_frames = torch.arange(clip.n_frames, device=device)
+    pose = objective.pose(all_frames).detach()
+    translation = objective.translation(all_frames).detach()
+    t_end = time.perf_counter()
+    report = {
+        "stages": stages,
+        "device": str(device),
+        "iterations": it,
+        "stopped_by": stopped_by,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "checkpoint_step": int(ckpt["step"]) if ckpt is not None and "step" in ckpt else None,
+        "loss_initial": initial,
+        "loss_final": final,
+        "max_displacement_mm": float(disp.abs().max() * L.MM),
+        "mean_expression_change": float((psi - clip.expression).abs().mean()),
+        "mean_pose_change_deg": float((pose - clip.pose).abs().mean() * 180.0 / math.pi),
+        "mean_translation_change_mm": float((translation - clip.translation).abs().mean() * L.MM),
+        "timings": {"setup_s": t_setup - t_start, "optimise_s": t_opt - t_setup,
+                    "seconds_per_iteration": (t_opt - t_loop) / max(it, 1), "inference_s": t_end - t_opt,
+                    "total_s": t_end - t_start},
+        "config": asdict(cfg),
+    }
+    return Refined(
+        expression=psi.cpu().numpy().astype(np.float32),
+        pose=pose.cpu().numpy().astype(np.float32),
+        translation=translation.cpu().numpy().astype(np.float32),
+        displacement=disp.cpu().numpy().astype(np.float32),
+        report=report,
+    )

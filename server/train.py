@@ -1,0 +1,237 @@
+"""Self-supervised training of the refinement networks over a folder of clips -> a checkpoint `refine` can load."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from server.errors import Cancelled, ClipError, MicroexpError
+from server.models.checkpoint import load_checkpoint, save_checkpoint
+from server.refine import (
+    ARCH_FIELDS,
+    ClipObjective,
+    ClipTensors,
+    CoarseFitLike,
+    HeadTopology,
+    MicroExpNets,
+    PreprocessedLike,
+    RefineConfig,
+    config_from_dict,
+    model_dims,
+    resolve_device,
+)
+
+if TYPE_CHECKING:
+    from server.headmodel import HeadModel
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+Prepare = Callable[[Path], tuple[PreprocessedLike, CoarseFitLike]]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `train` (the paper's recipe, §V-B, where it applies)."""
+
+    steps: int = 1000
+    """Optimisation steps (each a batch of clips)."""
+    lr: float = 1e-4
+    """Adam learning rate (paper: 1e-4)."""
+    batch_clips: int = 4
+    """Clips per step (paper: batch size 4)."""
+    frames: int = 8
+    """Frames per clip sample (paper: 8 frames from onset to offset; without labelled onsets an 8-frame window
+    is drawn uniformly within the clip, its first frame the onset)."""
+    stages: str = "full"
+    """'dem' trains the dynamic-encoded module only; 'full' both networks."""
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu' or 'cuda'."""
+    save_every: int = 100
+    """Write the checkpoint every this many steps (and at the end)."""
+    seed: int = 0
+    """Seed of the initialisation and the sampling."""
+    model: RefineConfig = field(default_factory=lambda: RefineConfig(dem_scope="window"))
+    """Architecture and loss weights, shared with `refine` (stored in the checkpoint)."""
+
+
+def list_clips(clips_dir: str | Path) -> list[Path]:
+    """Video files directly inside `clips_dir`, sorted; ClipError if there are none."""
+    folder = Path(clips_dir)
+    if not folder.is_dir():
+        raise ClipError(f"The clips folder '{folder}' does not exist.")
+    clips = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not clips:
+        raise ClipError(f"The clips folder '{folder}' contains no video files ({', '.join(VIDEO_SUFFIXES)}).")
+    return clips
+
+
+def default_model(spec: str = "builtin") -> HeadModel:
+    """The head model named by `spec` ('builtin' or a FLAME path)."""
+    from server.headmodel import HeadModel, load_head_model
+
+    return HeadModel(load_head_model(spec))
+
+
+def default_prepare(model: HeadModel) -> Prepare:
+    """Preprocessing and coarse fit of one clip with the project's own stages (imported lazily)."""
+
+    def prepare(clip: Path) -> tuple[PreprocessedLike, CoarseFitLike]:
+        from server.fit import fit_coarse
+        from server.preprocess import preprocess
+
+        pre = preprocess(str(clip))
+        return pre, fit_coarse(model, pre, None)
+
+    return prepare
+
+
+def train(
+    clips_dir: str | Path, out_checkpoint: str | Path, config: TrainConfig | None = None, *,
+    resume: str | Path | None = None, model: HeadModel | None = None, prepare: Prepare | None = None,
+    progress: Callable[[str, int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train the refinement networks on every clip of `clips_dir` and write `out_checkpoint`.
+
+    Each clip is preprocessed and coarse-fitted once (`prepare`, default: the project's stages) and kept in
+    memory; each step draws `batch_clips` clips, an `frames`-frame window of each, and minimises the same
+    self-supervised losses as per-clip refinement. `resume` continues from a checkpoint (its architecture, weights,
+    optimizer state and step). Returns a report dict (steps, losses, timings, skipped clips).
+    """
+    cfg = config or TrainConfig()
+    if cfg.stages not in ("dem", "full"):
+        raise ValueError(f"Unknown training stages '{cfg.stages}': use 'dem' or 'full'.")
+    t0 = time.perf_counter()
+    say = log or (lambda msg: None)
+    device = resolve_device(cfg.device)
+    clips = list_clips(clips_dir)
+    head = model if model is not None else default_model()
+    head = head.to(device)
+    dims = model_dims(head)
+    model_cfg = config_from_dict({"dem_scope": "window"}, cfg.model)
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume, dims)
+        saved = ckpt.get("config", {})
+        model_cfg = config_from_dict({k: saved[k] for k in ARCH_FIELDS if k in saved}, model_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        nets = MicroExpNets(int(head.num_expression), model_cfg).to(device)
+    params = [p for group in nets.parameter_groups(cfg.stages).values() for p in group]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    step = 0
+    if ckpt is not None:
+        nets.load_state_dict(ckpt["nets"])
+        if ckpt.get("stages") == cfg.stages and "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt.get("step", 0))
+
+    run = prepare or default_prepare(head)
+    objectives: list[ClipObjective] = []
+    skipped: list[str] = []
+    for i, clip in enumerate(clips):
+        if cancel is not None and cancel():
+            raise Cancelled("Training was cancelled.")
+        try:
+            pre, coarse = run(clip)
+            tensors = ClipTensors(pre, coarse, device, model_cfg)
+        except MicroexpError as exc:  # one bad clip must not end a long run
+            skipped.append(f"{clip.name}: {exc}")
+            say(f"skipping {clip.name}: {exc}")
+            continue
+        if tensors.n_frames < 2:
+            skipped.append(f"{clip.name}: fewer than 2 frames")
+            continue
+        topo = HeadTopology(head, tensors.shape, model_cfg.landmark_k)
+        objectives.append(ClipObjective(head, topo, tensors, nets, model_cfg))
+        if progress is not None:
+            progress("prepare", i + 1, len(clips))
+    if not objectives:
+        raise ClipError(f"None of the {len(clips)} clips in '{clips_dir}' could be prepared for training.")
+    t_prep = time.perf_counter()
+
+    gen = np.random.default_rng(cfg.seed + step)
+    history: list[float] = []
+    target = step + cfg.steps
+    nets.train()
+    while step < target:
+        if cancel is not None and cancel():
+            raise Cancelled("Training was cancelled.")
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.batch_clips):
+            obj = objectives[int(gen.integers(len(objectives)))]
+            n = min(max(cfg.frames, 2), obj.clip.n_frames)
+            start = int(gen.integers(0, obj.clip.n_frames - n + 1))
+            loss = obj.losses(start, start + n, cfg.stages)["total"] / cfg.batch_clips
+            loss.backward()
+            total += float(loss.detach())
+        optimizer.step()
+        step += 1
+        history.append(total)
+        if progress is not None:
+            progress("train", step, target)
+        if step % cfg.save_every == 0 or step == target:
+            _save(out_checkpoint, nets, optimizer, step, cfg, model_cfg, dims)
+            say(f"step {step}: loss {np.mean(history[-cfg.save_every:]):.5f}")
+    t_end = time.perf_counter()
+    return {
+        "steps": step,
+        "clips": len(objectives),
+        "skipped": skipped,
+        "loss_first": history[0] if history else None,
+        "loss_last": history[-1] if history else None,
+        "checkpoint": str(out_checkpoint),
+        "timings": {"prepare_s": t_prep - t0, "train_s": t_end - t_prep,
+                    "seconds_per_step": (t_end - t_prep) / max(len(history), 1)},
+    }
+
+
+def _save(path: str | Path, nets: MicroExpNets, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig,
+          model_cfg: RefineConfig, dims: dict[str, Any]) -> None:
+    train_cfg = asdict(cfg)
+    train_cfg.pop("model")
+    save_checkpoint(path, {
+        "nets": nets.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "stages": cfg.stages,
+        "config": asdict(model_cfg),
+        "train_config": train_cfg,
+        "dims": dims,
+    })
+
+
+def main_train(argv: Sequence[str] | None = None) -> int:
+    """CLI: `train --clips DIR [--out ckpt.pt] [--resume ckpt.pt] [--steps N] [--device cpu|cuda] [--head-model
+    SPEC] [--stages dem|full]`. Returns the exit status; a user error prints one sentence on stderr."""
+    parser = argparse.ArgumentParser(prog="microexp train", description=__doc__)
+    parser.add_argument("--clips", required=True, help="folder of video clips")
+    parser.add_argument("--out", default=None, help="checkpoint to write (default: CLIPS/microexp-refine.pt)")
+    parser.add_argument("--resume", default=None, help="checkpoint to continue from")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimisation steps")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--head-model", default="builtin", help="'builtin' or a FLAME folder/file")
+    parser.add_argument("--stages", default="full", choices=["dem", "full"])
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    out = Path(args.out) if args.out else Path(args.clips) / "microexp-refine.pt"
+    cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages)
+    try:
+        list_clips(args.clips)  # fail on a wrong folder before building the head model
+        report = train(args.clips, out, cfg, resume=args.resume, model=default_model(args.head_model),
+                       log=lambda msg: print(msg, file=sys.stderr))
+    except MicroexpError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("Training was cancelled.", file=sys.stderr)
+        return 130
+    print(f"wrote {report['checkpoint']} after {report['steps']} steps", file=sys.stderr)
+    return 0

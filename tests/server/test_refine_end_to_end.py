@@ -1,0 +1,76 @@
+"""End to end on a made clip with ground truth (server/synth.py): the refinement against the coarse fit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from server.pipeline import ReconstructOptions, reconstruct
+    from server.synth import make_clip
+
+    folder = tmp_path_factory.mktemp("e2e")
+    truth_path = make_clip(folder / "clip.mp4", frames=40, width=320, height=240, seed=1)
+    cache = folder / "cache"
+    coarse_run = reconstruct(folder / "clip.mp4", folder / "coarse",
+                             ReconstructOptions(stages="coarse", preview=False, cache_dir=str(cache)))
+    result = reconstruct(folder / "clip.mp4", folder / "take",
+                         ReconstructOptions(stages="full", preview=False, time_budget_s=30.0, cache_dir=str(cache)))
+    take = np.load(Path(result.take_dir) / "take.npz")
+    coarse_take = np.load(Path(coarse_run.take_dir) / "take.npz")
+    truth = np.load(truth_path)
+    return {"take": {k: take[k] for k in take.files}, "truth": {k: truth[k] for k in truth.files},
+            "coarse_vertices": result.coarse_vertices, "coarse_translation": coarse_take["translation"]}
+
+
+def micro_errors(made: dict[str, Any]) -> tuple[float, float]:
+    from server.metrics import face_mask_for, micro_motion_error
+
+    truth = made["truth"]
+    onset, mask = int(truth["onset_frame"]), face_mask_for(truth)
+    refined = micro_motion_error(made["take"]["vertices"], truth["vertices"], onset, mask)
+    coarse = micro_motion_error(made["coarse_vertices"], truth["vertices"], onset, mask)
+    return refined, coarse
+
+
+def test_refinement_does_not_add_micro_motion_error(made: dict[str, Any]) -> None:
+    refined, coarse = micro_errors(made)
+    assert refined <= 1.1 * coarse, (refined, coarse)
+
+
+@pytest.mark.xfail(reason="On made clips the coarse fit's own spurious motion (landmark jitter in the jaw/neck pose "
+                          "and expression) exceeds the scripted micro-motion and the flow-driven refinement does "
+                          "not reliably remove it: measured within ±1 % of the coarse fit, either side "
+                          "(the fit itself varies run to run; see docs/model.md).", strict=False)
+def test_refinement_lowers_micro_motion_error_below_the_coarse_fit(made: dict[str, Any]) -> None:
+    refined, coarse = micro_errors(made)
+    assert refined < coarse, (refined, coarse)
+
+
+def test_refinement_removes_rigid_jitter(made: dict[str, Any]) -> None:
+    """The take's frame-to-frame translation in the image plane (x, y: what the flow sees best) is closer to the
+    truth's than the coarse fit's."""
+    truth_steps = np.diff(made["truth"]["translation"], axis=0)[:, :2]
+
+    def step_error(translation: np.ndarray) -> float:
+        return float(np.abs(np.diff(translation, axis=0)[:, :2] - truth_steps).mean())
+
+    refined, coarse = step_error(made["take"]["translation"]), step_error(made["coarse_translation"])
+    assert refined < 0.8 * coarse, (refined, coarse)

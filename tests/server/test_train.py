@@ -1,0 +1,125 @@
+"""Training loop (2 real steps on tiny fake clips), checkpoints with config and dims, resume, fine-tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from server.errors import ClipError
+from server.headmodel import HeadModel
+from server.models.checkpoint import CheckpointError, load_checkpoint
+from server.models.toy import bump_offsets, make_toy_clip, toy_head_data
+from server.refine import RefineConfig, model_dims, refine
+from server.train import TrainConfig, main_train, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> HeadModel:
+    return HeadModel(toy_head_data(nx=12, ny=14))
+
+
+@pytest.fixture(scope="module")
+def clips(model: HeadModel) -> dict[str, Any]:
+    return {
+        "a.mp4": make_toy_clip(model, bump_offsets(model, 10, region=4)),
+        "b.mp4": make_toy_clip(model, bump_offsets(model, 9, region=7, amplitude=0.002)),
+    }
+
+
+def clip_folder(tmp_path: Path, names: list[str]) -> Path:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")
+    (folder / "notes.txt").write_text("not a clip")
+    return folder
+
+
+TINY = TrainConfig(steps=2, batch_clips=2, frames=4, save_every=1, device="cpu",
+                   model=RefineConfig(dem_scope="window", window=4, overlap=1))
+
+
+def test_two_steps_write_a_checkpoint_that_resumes_and_fine_tunes(tmp_path: Path, model: HeadModel,
+                                                                    clips: dict[str, Any]) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4", "b.mp4", "broken.mov"])
+    seen: list[str] = []
+
+    def prepare(path: Path) -> Any:
+        seen.append(path.name)
+        if path.name == "broken.mov":
+            raise ClipError("The clip 'broken.mov' shows no face.")
+        return clips[path.name]
+
+    out = tmp_path / "ckpt" / "refine.pt"
+    before = {k: v.clone() for k, v in _fresh_state(model).items()}
+    report = train(folder, out, TINY, model=model, prepare=prepare)
+    assert sorted(seen) == ["a.mp4", "b.mp4", "broken.mov"]
+    assert report["steps"] == 2 and report["clips"] == 2 and len(report["skipped"]) == 1
+    assert np.isfinite(report["loss_first"]) and np.isfinite(report["loss_last"])
+
+    ckpt = load_checkpoint(out, model_dims(model))  # weights_only=True inside
+    assert ckpt["step"] == 2 and ckpt["dims"] == model_dims(model)
+    assert ckpt["config"]["window"] == 4 and ckpt["train_config"]["lr"] == 1e-4
+    assert "state" in ckpt["optimizer"]
+    changed = [k for k, v in ckpt["nets"].items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("dem.") for k in changed) and any(k.startswith("deform.") for k in changed)
+
+    again = train(folder, out, replace(TINY, steps=1), model=model, prepare=prepare, resume=out)
+    assert again["steps"] == 3 and load_checkpoint(out)["step"] == 3
+
+    pre, coarse = clips["a.mp4"]
+    result = refine(model, pre, coarse, "full", RefineConfig(iterations=2, device="cpu"), checkpoint=out)
+    assert result.report["checkpoint_step"] == 3
+    assert result.report["config"]["window"] == 4  # the architecture comes from the checkpoint
+    assert result.displacement.shape == (10, model.num_vertices, 3)
+
+
+def _fresh_state(model: HeadModel) -> dict[str, torch.Tensor]:
+    from server.refine import MicroExpNets
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY.seed)
+        return MicroExpNets(model.num_expression, TINY.model).state_dict()
+
+
+def test_checkpoint_for_another_topology_or_corrupt_is_refused(tmp_path: Path, model: HeadModel,
+                                                               clips: dict[str, Any]) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4"])
+    out = tmp_path / "refine.pt"
+    train(folder, out, replace(TINY, steps=1, batch_clips=1), model=model, prepare=lambda p: clips[p.name])
+    other = HeadModel(toy_head_data(nx=10, ny=10))
+    with pytest.raises(CheckpointError, match="n_vertices"):
+        load_checkpoint(out, model_dims(other))
+    pre, coarse = clips["a.mp4"]
+    with pytest.raises(CheckpointError, match="trained for a head model"):
+        refine(other, pre, coarse, "dem", checkpoint=out)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_folder_without_clips(tmp_path: Path, model: HeadModel, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ClipError, match="contains no video files"):
+        train(empty, tmp_path / "x.pt", TINY, model=model, prepare=lambda p: None)  # type: ignore[arg-type,return-value]
+    assert main_train(["--clips", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"The clips folder '{tmp_path / 'nowhere'}' does not exist."
+    assert not (tmp_path / "x.pt").exists()
