@@ -11,6 +11,7 @@ Medians are over the clips of one run; the machine is shared, so compare rows of
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -33,8 +34,9 @@ def peak_rss_mib() -> float:
 
 
 def machine_line() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}")
+    device = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads, torch {torch.__version__}, {device}")
 
 
 def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
@@ -72,7 +74,7 @@ def bench_server(work: Path, frames: int, clips: int) -> str:
         ("decode + MediaPipe landmarks", f"{ms.get('decode_landmarks', float('nan')):.1f}"),
         ("stable crop (224×224)", f"{ms.get('crop', float('nan')):.1f}"),
         ("optical flow, fast (DIS)", f"{ms.get('flow', float('nan')):.1f}"),
-        ("optical flow, TV-L1 (median of %d pairs)" % pairs, f"{1000.0 * statistics.median(tv):.1f}"),
+        (f"optical flow, TV-L1 (median of {pairs} pairs)", f"{1000.0 * statistics.median(tv):.1f}"),
         ("coarse fit (built-in head, incl. building it)", f"{1000.0 * t_fit / n:.1f}"),
         ("**preprocessing + fit, fast flow**", f"**{1000.0 * (t_pre + t_fit) / n:.1f}**"),
     ]
@@ -91,7 +93,8 @@ def bench_server(work: Path, frames: int, clips: int) -> str:
         truth = np.load(tp, allow_pickle=False)
         mask = face_mask_for({"expression_basis": m.data.exprdirs})
         onset = int(truth["onset_frame"])
-        acc_rows.append((c.name, f"{100 * f.landmark_error_iod:.2f}", f"{vertex_error_mm(f.vertices, truth['vertices'], mask):.2f}",
+        acc_rows.append((c.name, f"{100 * f.landmark_error_iod:.2f}",
+                         f"{vertex_error_mm(f.vertices, truth['vertices'], mask):.2f}",
                          f"{micro_motion_error(f.vertices, truth['vertices'], onset, mask):.3f}"))
     out.append(table("Coarse fit against ground truth on made clips",
                      ("clip", "landmark error (% IOD)", "vertex error (mm)", "micro-motion error"), acc_rows))

@@ -43,7 +43,7 @@ def write_preview(clip: str, out_path: Path, pre: Any, arrays: dict[str, np.ndar
     w, h = (int(x) for x in pre.image_size)
     fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".mp4", dir=out_path.parent)
     os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(pre.fps), (w, h))
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter.fourcc(*"mp4v"), float(pre.fps), (w, h))
     try:
         frames = (frame_numbers[0], frame_numbers[-1] + 1)
         for frame in iter_frames(clip, frames=frames, max_side=max(w, h)):

@@ -147,7 +147,7 @@ def head_model_header(model: HeadModel) -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def save(out_dir: str | Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
