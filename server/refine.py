@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
 from server import losses as L
@@ -126,7 +127,14 @@ class RefineConfig:
     w_temporal_pose: float = 1e-2
     """2nd-order temporal smoothness of the root-rotation and translation corrections."""
     w_expr_coarse: float = 1.0
-    """L2 of ψ - ψ_coarse."""
+    """L2 of ψ - ψ_prior, ψ_prior = the coarse expression smoothed over `expr_prior_smooth_frames`."""
+    expr_prior_smooth_frames: float = 0.0
+    """Gaussian σ (frames) of the temporal smoothing of the coarse expression that the prior pulls towards (0: the
+    raw per-frame coarse expression)."""
+    joint_smooth_frames: float = 5.0
+    """Gaussian σ (frames) of the temporal smoothing applied to the coarse fit's non-root joints (neck, jaw, eyes)
+    before refinement: their frame-to-frame landmark jitter moves the whole lower face or the eyes in head
+    coordinates, and per-frame flow is too noisy to re-estimate them (see docs/model.md). 0 keeps them as fitted."""
     w_expr: float = 1e-5
     """L2 of ψ."""
     w_temporal_expr: float = 1e-3
@@ -265,17 +273,25 @@ class ClipTensors:
 
         self.expression = t32(coarse.expression)  # (T, E)
         n = self.expression.shape[0]
+        if n < 2:
+            raise ClipError("The clip has fewer than 2 frames, so there is no motion to refine.")
         self.n_frames = n
         self.shape = t32(coarse.shape)  # (S,)
-        self.pose = t32(coarse.pose)  # (T, J, 3)
+        pose = np.asarray(coarse.pose, dtype=np.float32)
+        if cfg.joint_smooth_frames > 0 and n > 1:
+            pose = pose.copy()
+            pose[:, 1:] = gaussian_filter1d(pose[:, 1:], cfg.joint_smooth_frames, axis=0, mode="nearest")
+        self.pose = t32(pose)  # (T, J, 3): root as fitted, other joints temporally smoothed
+        prior = np.asarray(coarse.expression, dtype=np.float32)
+        if cfg.expr_prior_smooth_frames > 0 and n > 1:
+            prior = gaussian_filter1d(prior, cfg.expr_prior_smooth_frames, axis=0, mode="nearest")
+        self.expression_prior = t32(prior)  # (T, E)
         self.translation = t32(coarse.translation)  # (T, 3)
         self.camera = t32(coarse.camera)  # (4,)
         flow = np.asarray(pre.flow)
         if flow.shape[0] != n - 1 or flow.shape[1:] != (CROP, CROP, 2):
             raise ClipError(f"The preprocessed flow has shape {flow.shape}, which does not fit the coarse fit's "
                             f"{n} frames (expected ({n - 1}, {CROP}, {CROP}, 2)).")
-        if n < 2:
-            raise ClipError("The clip has fewer than 2 frames, so there is no motion to refine.")
         self.flow = t32(flow).permute(0, 3, 1, 2).contiguous()  # (T-1, 2, 224, 224)
         self.boxes = t32(pre.crop_boxes)  # (T, 3)
         self.lmk68 = t32(pre.lmk68)  # (T, 68, 2)
@@ -385,7 +401,7 @@ class ClipObjective:
         observed = torch.cat([c.lmk68[frames], c.mp_all[frames][:, topo.mp_indices]], 1)
         terms["landmark"] = cfg.w_landmark * L.landmark_loss(project(lmk_world, c.camera), observed, c.iod[frames],
                                                              c.confidence[frames])
-        terms["expr_coarse"] = cfg.w_expr_coarse * (psi - c.expression[frames]).pow(2).sum(-1).mean()
+        terms["expr_coarse"] = cfg.w_expr_coarse * (psi - c.expression_prior[frames]).pow(2).sum(-1).mean()
         terms["expr"] = cfg.w_expr * psi.pow(2).sum(-1).mean()
         terms["temporal_expr"] = cfg.w_temporal_expr * L.second_difference(psi)
         if self.rigid.weight.requires_grad:

@@ -31,8 +31,12 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cache = folder / "cache"
     coarse_run = reconstruct(folder / "clip.mp4", folder / "coarse",
                              ReconstructOptions(stages="coarse", preview=False, cache_dir=str(cache)))
+    # A fixed number of steps and no wall-clock or plateau stop: the result must not depend on the machine's load
+    # (a time budget cut the optimisation short in a busy full-suite run and made this flaky).
+    fixed = {"iterations": 60, "patience": 10_000}
     result = reconstruct(folder / "clip.mp4", folder / "take",
-                         ReconstructOptions(stages="full", preview=False, time_budget_s=30.0, cache_dir=str(cache)))
+                         ReconstructOptions(stages="full", preview=False, time_budget_s=1e9, cache_dir=str(cache),
+                                            refine_overrides=fixed))
     take = np.load(Path(result.take_dir) / "take.npz")
     coarse_take = np.load(Path(coarse_run.take_dir) / "take.npz")
     truth = np.load(truth_path)
@@ -55,13 +59,10 @@ def test_refinement_does_not_add_micro_motion_error(made: dict[str, Any]) -> Non
     assert refined <= 1.1 * coarse, (refined, coarse)
 
 
-@pytest.mark.xfail(reason="On made clips the coarse fit's own spurious motion (landmark jitter in the jaw/neck pose "
-                          "and expression) exceeds the scripted micro-motion and the flow-driven refinement does "
-                          "not reliably remove it: measured within ±1 % of the coarse fit, either side "
-                          "(the fit itself varies run to run; see docs/model.md).", strict=False)
 def test_refinement_lowers_micro_motion_error_below_the_coarse_fit(made: dict[str, Any]) -> None:
+    """Measured 6.47 vs 6.64 (−2.6 %) with the fixed 60 steps: mostly the joint smoothing (docs/model.md)."""
     refined, coarse = micro_errors(made)
-    assert refined < coarse, (refined, coarse)
+    assert refined <= 0.99 * coarse, (refined, coarse)
 
 
 def test_refinement_removes_rigid_jitter(made: dict[str, Any]) -> None:
