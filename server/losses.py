@@ -86,18 +86,47 @@ def flow_consistency_loss(
     crop images); only vertices whose normal faces the camera at t and that fall inside crop t count.
     Charbonnier penalty (eps in crop px), mean over counted vertices. -> scalar.
     """
-    crop = flow.shape[-1]
-    p_t = image_to_crop(project(world_t, camera), boxes_t, crop)  # (B, V, 2)
-    p_t1 = image_to_crop(project(world_t1, camera), boxes_t1, crop)
+    return pair_flow_loss(world_t, world_t1, flow, boxes_t, boxes_t1, camera, faces, weight, vertex_mask, eps,
+                          crop_size=flow.shape[-1])
+
+
+def anchored_flow_loss(
+    world_a: torch.Tensor, world_t: torch.Tensor, flow: torch.Tensor, boxes_a: torch.Tensor, boxes_t: torch.Tensor,
+    camera: torch.Tensor, faces: torch.Tensor, weight: torch.Tensor, vertex_mask: torch.Tensor | None = None,
+    eps: float = 0.05, crop_size: int = 224,
+) -> torch.Tensor:
+    """Onset-anchored flow term: each visible face vertex's projected displacement from anchor frame a to frame t
+    vs the flow computed directly from crop a to crop t (not accumulated), sampled at its crop-a position.
+
+    The DEM integrates the dynamics from the onset (eq. 6), so the motion it must explain is the onset-relative
+    one: 0.3-3 crop px for a micro-expression against ~0.05 px of flow noise, where adjacent-frame motion
+    (~0.04 px) drowns in that noise. world_a, world_t (B, V, 3) world vertices; flow (B, 2, h, h) crop a -> crop t
+    in pixels of the `crop_size` crop, stored at any resolution h (e.g. 112 to halve memory); boxes_a, boxes_t
+    (B, 3) each frame's own crop box; weight (B,) pair confidence (× seam cross-fade). -> scalar (crop px).
+    """
+    return pair_flow_loss(world_a, world_t, flow, boxes_a, boxes_t, camera, faces, weight, vertex_mask, eps,
+                          crop_size)
+
+
+def pair_flow_loss(
+    world_a: torch.Tensor, world_b: torch.Tensor, flow: torch.Tensor, boxes_a: torch.Tensor, boxes_b: torch.Tensor,
+    camera: torch.Tensor, faces: torch.Tensor, weight: torch.Tensor, vertex_mask: torch.Tensor | None,
+    eps: float, crop_size: int,
+) -> torch.Tensor:
+    """Shared body of the flow terms: frame a -> b projected vertex motion (crop px of `crop_size`) vs the flow
+    (B, 2, h, w) a -> b in those pixels, bilinearly sampled at the crop-a position (rescaled when h != crop_size).
+    Vertices whose normal faces the camera at a, inside crop a, in vertex_mask. Charbonnier, weighted mean."""
+    p_a = image_to_crop(project(world_a, camera), boxes_a, crop_size)  # (B, V, 2)
+    p_b = image_to_crop(project(world_b, camera), boxes_b, crop_size)
     with torch.no_grad():
-        normals = vertex_normals(world_t, faces)
-        visible = (normals * -world_t).sum(-1) > 0  # camera at the origin
-        inside = ((p_t >= 0) & (p_t < crop)).all(-1)
+        normals = vertex_normals(world_a, faces)
+        visible = (normals * -world_a).sum(-1) > 0  # camera at the origin
+        inside = ((p_a >= 0) & (p_a < crop_size)).all(-1)
         mask = visible & inside
         if vertex_mask is not None:
             mask = mask & vertex_mask[None]
-        observed = sample_flow(flow, p_t)
-    resid = torch.linalg.vector_norm(p_t1 - p_t - observed, dim=-1)  # (B, V) crop px
+        observed = sample_flow(flow.to(p_a.dtype), p_a * (flow.shape[-1] / crop_size))
+    resid = torch.linalg.vector_norm(p_b - p_a - observed, dim=-1)  # (B, V) crop px
     w = mask.to(resid.dtype) * weight[:, None]
     return (charbonnier(resid, eps) * w).sum() / w.sum().clamp_min(1.0)
 

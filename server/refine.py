@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import nn
 
 from server import losses as L
 from server.errors import Cancelled, ClipError
+from server.flow import FlowEstimator
 from server.geometry import project, rotation_matrix, to_world
 from server.models.checkpoint import load_checkpoint
 from server.models.deformation import (
@@ -28,7 +30,7 @@ from server.models.deformation import (
     patch_average,
     region_centroids,
 )
-from server.models.dem import DynamicEncodedModule
+from server.models.dem import DynamicEncodedModule, window_starts
 from server.models.graph import MeshGraph
 
 if TYPE_CHECKING:
@@ -113,7 +115,20 @@ class RefineConfig:
     flow_face_only: bool = True
     """Flow consistency only on vertices of the 8 face regions (the rest is hair, ears, neck: less reliable flow)."""
     w_flow: float = 1.0
-    """Flow consistency (crop px, Charbonnier)."""
+    """Adjacent-frame flow consistency (crop px, Charbonnier)."""
+    w_anchor_flow: float = 0.0
+    """Onset-anchored flow term (crop px, Charbonnier): vertex motion from each window's anchor frame vs the flow
+    computed directly from the anchor crop to each frame's crop. Off by default: on made clips it has not yet
+    beaten the adjacent-frame term (measured in docs/model.md)."""
+    anchor_flow: Literal["crops", "accumulated"] = "crops"
+    """Source of the anchored flow: 'crops' = DIS flow from crop a to crop t (`pre.crops`; falls back to
+    'accumulated' when the crops have no texture at all); 'accumulated' = the sum of the adjacent flows (accumulates
+    their noise)."""
+    anchor_flow_size: int = 112
+    """Resolution at which the anchored flow is stored (float16, values in 224-crop pixels); 224 = full."""
+    anchor_span: Literal["window", "clip"] = "window"
+    """Anchors of the anchored flow: 'window' = the DEM windows' first frames (cross-faded at seams as the DEM
+    does); 'clip' = frame 0 for every frame."""
     flow_eps: float = 0.05
     """Charbonnier eps of the flow term, crop px."""
     w_landmark: float = 0.05
@@ -308,10 +323,74 @@ class ClipTensors:
         self.motion_input = torch.cat(
             [F.adaptive_avg_pool2d(adjacent, s) * (s / CROP), F.adaptive_avg_pool2d(cum, s) * (s / CROP)], 1
         )  # (T, 4, s, s)
+        self._anchored_pairs(pre, cfg)
         source = cum if cfg.attention_flow == "onset" else adjacent
         magnitude = torch.linalg.vector_norm(source, dim=1, keepdim=True)  # (T, 1, 224, 224), eq. 18 input
         # Pooled once: eq. 18's patch mean at every pixel, so a step only gathers 8 values per frame.
         self.intensity = F.avg_pool2d(magnitude, cfg.patch, stride=1, padding=cfg.patch // 2, count_include_pad=False)
+
+
+    def _anchored_pairs(self, pre: PreprocessedLike, cfg: RefineConfig) -> None:
+        """Anchored-flow pairs (anchor a, frame t, seam weight) and the flow a -> t of each, computed once.
+
+        Sets pair_anchor, pair_frame (P,) long, pair_weight (P,), anchored (P, 2, h, h) float16 (224-crop px)."""
+        n = self.n_frames
+        if cfg.anchor_span == "clip":
+            spans = [(0, n)]
+        else:
+            spans = [(s, min(s + cfg.window, n)) for s in window_starts(n, cfg.window, cfg.overlap)]
+        # Seam weights as the DEM blends its windows (in order, each new window cross-faded linearly over its
+        # overlap with the previous one and replacing everything after it): weights[w, t], summing to 1 per frame.
+        weights = np.zeros((len(spans), n))
+        weights[0, spans[0][0]:spans[0][1]] = 1.0
+        for w in range(1, len(spans)):
+            s, e = spans[w]
+            n_ov = max(spans[w - 1][1] - s, 0)
+            ramp = np.arange(n_ov) / max(n_ov, 1)
+            weights[:w, s:s + n_ov] *= 1.0 - ramp
+            weights[:w, s + n_ov:e] = 0.0
+            weights[w, s:s + n_ov] = ramp
+            weights[w, s + n_ov:e] = 1.0
+        pairs = [(s, t, float(weights[w, t])) for w, (s, e) in enumerate(spans) for t in range(s + 1, e)
+                 if weights[w, t] > 0]
+        if cfg.w_anchor_flow <= 0:
+            pairs = []  # the term is off: skip the flow computation
+        size = cfg.anchor_flow_size
+        maps = torch.zeros(len(pairs), 2, size, size, dtype=torch.float16)
+        cum = None
+        crops = np.asarray(pre.crops) if cfg.anchor_flow == "crops" and pairs else None
+        if crops is not None and crops.shape != (n, CROP, CROP, 3):
+            raise ClipError(f"The preprocessed crops have shape {crops.shape}, which does not fit the coarse fit's "
+                            f"{n} frames (expected ({n}, {CROP}, {CROP}, 3)).")
+        # Crops without any texture (e.g. the toy clip, whose motion exists only as flow) give no flow to measure.
+        if pairs and (crops is None or int(crops.max()) == int(crops.min())):
+            cum = torch.cat([torch.zeros_like(self.flow[:1]), torch.cumsum(self.flow, 0)], 0)
+        elif pairs:
+            assert crops is not None
+            estimator = FlowEstimator("fast")
+            # Frames far apart differ in exposure (flicker) and sensor noise more than adjacent ones: a light blur
+            # and matching each frame's brightness to its anchor's lowered the truth mesh's anchored residual from
+            # 0.088 to 0.077 px while a motionless mesh's stayed at 0.10 (docs/model.md).
+            grays = [cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY), (0, 0), 1.0)
+                     for x in crops]
+        for k, (a, t, _) in enumerate(pairs):
+            if cum is not None:
+                f = (cum[t] - cum[a])[None].cpu()
+            else:
+                f = torch.from_numpy(estimator(grays[a], _match_brightness(grays[t], grays[a]))).permute(2, 0, 1)[None]
+            maps[k] = F.adaptive_avg_pool2d(f.float(), size)[0].to(torch.float16) if size != CROP else f[0].half()
+        dev = self.expression.device
+        self.pair_anchor = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
+        self.pair_frame = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=dev)
+        self.pair_weight = torch.tensor([p[2] for p in pairs], dtype=torch.float32, device=dev)
+        self.anchored = maps.to(dev)
+
+
+def _match_brightness(gray: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """gray (H, W) uint8 with its mean and contrast matched to reference's (a global gain and offset)."""
+    g, r = gray.astype(np.float32), reference.astype(np.float32)
+    out = (g - g.mean()) / (g.std() + 1e-6) * r.std() + r.mean()
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 class ClipObjective:
@@ -378,26 +457,52 @@ class ClipObjective:
     def losses(self, start: int, stop: int, stage: str) -> dict[str, torch.Tensor]:
         """Weighted loss terms (and 'total') on frames start..stop-1 (at least 2 frames)."""
         c, cfg, topo = self.clip, self.cfg, self.topo
-        frames = torch.arange(start, stop, device=c.expression.device)
+        dev = c.expression.device
+        run = torch.arange(start, stop, device=dev)
+        # Anchored pairs whose frame is in the run; their anchors may precede it (clip scope), so the heads are
+        # evaluated on the run plus those anchors. In window scope only anchors inside the run are usable.
+        sel = (c.pair_frame >= start) & (c.pair_frame < stop)
+        if cfg.dem_scope != "clip":
+            sel &= c.pair_anchor >= start
+        if cfg.w_anchor_flow <= 0:
+            sel &= False
+        frames = torch.unique(torch.cat([run, c.pair_anchor[sel]]))  # sorted
+        at = torch.searchsorted(frames, run)  # run's rows in `frames`
         batch = frames.shape[0]
-        psi = self.expressions(start, stop)
+        if cfg.dem_scope == "clip":
+            psi_all = self.nets.dem(c.flow_small, c.expression)[frames]
+        else:
+            psi_all = self.expressions(start, stop)
         shape = c.shape[None].expand(batch, -1)
-        pose, trans = self.pose(frames), self.translation(frames)
-        init = self.model(shape, psi, pose)
+        pose_all, trans_all = self.pose(frames), self.translation(frames)
+        init_all = self.model(shape, psi_all, pose_all)
         terms: dict[str, torch.Tensor] = {}
         delta = None
         if stage == "full":
-            delta, attention = self.deform(frames, psi, init)
-            out = self.model(shape, psi, pose, delta)
+            delta_all, attention_all = self.deform(frames, psi_all, init_all)
+            out_all = self.model(shape, psi_all, pose_all, delta_all)
+            delta, attention = delta_all[at], attention_all[at]
         else:
-            out = init
-        world = to_world(out.vertices, pose[:, 0], trans)
-        pair_w = c.confidence[frames[:-1]] * c.confidence[frames[1:]]
+            out_all = init_all
+        world_all = to_world(out_all.vertices, pose_all[:, 0], trans_all)
+        psi, pose, trans = psi_all[at], pose_all[at], trans_all[at]
+        world = world_all[at]
+        vertex_mask = topo.face_mask if cfg.flow_face_only else None
+        pair_w = c.confidence[run[:-1]] * c.confidence[run[1:]]
         terms["flow"] = cfg.w_flow * L.flow_consistency_loss(
-            world[:-1], world[1:], c.flow[frames[:-1]], c.boxes[frames[:-1]], c.boxes[frames[1:]], c.camera,
-            topo.faces, pair_w, topo.face_mask if cfg.flow_face_only else None, cfg.flow_eps,
+            world[:-1], world[1:], c.flow[run[:-1]], c.boxes[run[:-1]], c.boxes[run[1:]], c.camera,
+            topo.faces, pair_w, vertex_mask, cfg.flow_eps,
         )
-        lmk_world = to_world(torch.cat([out.landmarks68, out.landmarks_mp], 1), pose[:, 0], trans)
+        if bool(sel.any()):
+            pa, pt = c.pair_anchor[sel], c.pair_frame[sel]
+            ia, it = torch.searchsorted(frames, pa), torch.searchsorted(frames, pt)
+            weight = c.pair_weight[sel] * c.confidence[pa] * c.confidence[pt]
+            terms["anchor_flow"] = cfg.w_anchor_flow * L.anchored_flow_loss(
+                world_all[ia], world_all[it], c.anchored[sel], c.boxes[pa], c.boxes[pt], c.camera, topo.faces,
+                weight, vertex_mask, cfg.flow_eps, CROP,
+            )
+        frames = run
+        lmk_world = to_world(torch.cat([out_all.landmarks68[at], out_all.landmarks_mp[at]], 1), pose[:, 0], trans)
         observed = torch.cat([c.lmk68[frames], c.mp_all[frames][:, topo.mp_indices]], 1)
         terms["landmark"] = cfg.w_landmark * L.landmark_loss(project(lmk_world, c.camera), observed, c.iod[frames],
                                                              c.confidence[frames])
@@ -412,7 +517,8 @@ class ClipObjective:
             terms["temporal_disp"] = cfg.w_temporal_disp * L.second_difference(delta * L.MM)
             if cfg.use_geometric_losses:
                 geo = (cfg.lambda_lap * L.laplacian_loss(delta, topo.graph.laplacian)
-                       + cfg.lambda_normal * L.normal_consistency_loss(out.vertices, init.vertices, topo.faces)
+                       + cfg.lambda_normal * L.normal_consistency_loss(out_all.vertices[at], init_all.vertices[at],
+                                                                           topo.faces)
                        + cfg.lambda_flow_guide * L.flow_guide_loss(delta, attention, cfg.lambda_flow))  # eq. 24
                 terms["geo"] = cfg.lambda_geo * geo  # eq. 23
         terms["total"] = torch.stack(list(terms.values())).sum()

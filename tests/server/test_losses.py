@@ -114,3 +114,35 @@ def test_second_difference() -> None:
     spike[2] = 1.0
     assert L.second_difference(spike).item() == pytest.approx((1 + 4 + 1) / 3)
     assert L.second_difference(torch.ones(2, 3)).item() == 0.0
+
+
+def test_anchored_flow_zero_for_truth_motion_positive_when_perturbed_per_frame_boxes() -> None:
+    """Anchor a -> frame t: a toy mesh whose vertices move with a smooth field; the flow map (stored at 112 px,
+    values in 224-crop px) is that field's projected motion plus the shift between the two frames' crop boxes."""
+    v, faces = plane()
+    a = v[None]
+    # A non-rigid motion: x displacement grows with y (a shear), 0.6-1.8 mm.
+    t = a + torch.stack([0.0006 + 0.004 * (v[:, 1] - v[:, 1].min()), 0 * v[:, 1], 0 * v[:, 1]], -1)[None]
+    box_a = torch.tensor([[56.0, 56.0, 112.0]])
+    box_t = torch.tensor([[57.0, 56.0, 112.0]])  # crop t 1 image px right: everything moves -2 crop px in x
+    pa = L.image_to_crop(project(a, CAMERA), box_a)[0]
+    pt = L.image_to_crop(project(t, CAMERA), box_t)[0]
+    # At a fixed depth the crop-px motion is affine in the crop-a position, which bilinear sampling reproduces.
+    design = torch.cat([pa, torch.ones(pa.shape[0], 1)], 1)
+    coef = torch.linalg.lstsq(design, pt - pa).solution  # (3, 2)
+    ys, xs = torch.meshgrid(torch.arange(112.0), torch.arange(112.0), indexing="ij")
+    centres = torch.stack([xs, ys], -1).reshape(-1, 2) * 2.0 + 1.0  # 224-crop px of each 112-map pixel centre
+    field = torch.cat([centres, torch.ones(centres.shape[0], 1)], 1) @ coef
+    flow = field.T.reshape(1, 2, 112, 112)
+    w = torch.ones(1)
+    truth = L.anchored_flow_loss(a, t, flow.half(), box_a, box_t, CAMERA, faces, w, eps=0.05)
+    assert truth.item() < 1e-3  # float16 storage only
+    wrong_box = L.anchored_flow_loss(a, t, flow, box_a, box_a, CAMERA, faces, w, eps=0.05)
+    assert wrong_box.item() > 1.0  # ignoring crop t's own box misses the 2 px shift
+    held = L.anchored_flow_loss(a, a, flow, box_a, box_t, CAMERA, faces, w, eps=0.05)  # no motion at all
+    assert held.item() > truth.item() + 0.3
+    bumped = t.clone()
+    bumped[0, 7, 2] -= 0.002  # one vertex 2 mm towards the camera
+    assert L.anchored_flow_loss(a, bumped, flow, box_a, box_t, CAMERA, faces, w).item() > truth.item()
+    # Zero pair weight: nothing counts.
+    assert L.anchored_flow_loss(a, bumped, flow, box_a, box_t, CAMERA, faces, torch.zeros(1)).item() == 0.0

@@ -68,11 +68,24 @@ def test_full_refinement_recovers_flow_driven_micro_motion(toy: Any) -> None:
     assert baseline == pytest.approx(1.0)  # the coarse fit misses the bump entirely
     refined = micro_motion_error(model, result, coarse, truth)
     assert refined < 0.7 * baseline, refined
-    assert np.abs(result.displacement[0]).max() < 2e-4  # almost nothing at the onset (attention ~0.5 there)
+    # Little at the onset (attention ~0.5 there); the anchored flow constrains only motion relative to it, so a
+    # common offset of all frames is left to the priors: 0.32 mm measured against the 3 mm bump.
+    assert np.abs(result.displacement[0]).max() < 5e-4
     rep = result.report
     assert rep["loss_final"]["flow"] < 0.5 * rep["loss_initial"]["flow"]
     assert rep["iterations"] == 60 and calls[-1] == ("refine", 60, 60)
     assert set(rep["timings"]) >= {"setup_s", "optimise_s", "inference_s", "total_s", "seconds_per_iteration"}
+
+
+def test_anchored_flow_term_recovers_micro_motion(toy: Any) -> None:
+    """The onset-anchored term alone (adjacent term off) drives the recovery; the toy's crops are blank, so its
+    anchored flow falls back to the accumulated adjacent flow."""
+    model, pre, coarse, truth = toy
+    cfg = replace(FAST, w_anchor_flow=1.0, w_flow=0.0)
+    result = refine(model, pre, coarse, "full", cfg)
+    rep = result.report
+    assert rep["loss_final"]["anchor_flow"] < 0.5 * rep["loss_initial"]["anchor_flow"]
+    assert micro_motion_error(model, result, coarse, truth) < 0.7
 
 
 def test_dem_stage_refines_expression_only(toy: Any) -> None:
@@ -128,3 +141,21 @@ def test_bad_inputs_fail_with_one_sentence(toy: Any) -> None:
     wrong = replace(coarse, expression=np.zeros((T, 2), np.float32))
     with pytest.raises(ClipError, match="expression components"):
         refine(model, pre, wrong, "dem", FAST)
+
+
+def test_anchored_pairs_follow_the_dem_windows_and_cross_fade() -> None:
+    from server.refine import ClipTensors
+
+    model = HeadModel(toy_head_data())
+    pre, coarse = make_toy_clip(model, bump_offsets(model, 30, region=4, amplitude=0.003))
+    cfg = RefineConfig(w_anchor_flow=1.0, window=16, overlap=4)
+    clip = ClipTensors(pre, coarse, torch.device("cpu"), cfg)
+    anchors = sorted(set(clip.pair_anchor.tolist()))
+    assert anchors == [0, 12, 14]  # window_starts(30, 16, 4): the last window ends at the last frame
+    per_frame = torch.zeros(30).index_add(0, clip.pair_frame, clip.pair_weight)
+    torch.testing.assert_close(per_frame[1:], torch.ones(29))  # blended weights sum to one, as the DEM's
+    assert clip.anchored.dtype == torch.float16 and clip.anchored.shape[1:] == (2, 112, 112)
+    # Accumulated fallback (blank crops): the anchored map a -> t is the sum of the adjacent flows.
+    k = int(((clip.pair_anchor == 12) & (clip.pair_frame == 20)).nonzero()[0, 0])
+    want = torch.nn.functional.adaptive_avg_pool2d(clip.flow[12:20].sum(0, keepdim=True), 112)[0]
+    torch.testing.assert_close(clip.anchored[k].float(), want, atol=2e-3, rtol=1e-2)
