@@ -19,15 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_blend(take_dir: Path, blend_path: Path) -> None:
     """Import the take through the add-on in Blender-as-a-module, in its own process (the server never imports bpy)."""
+    from .errors import OutputError
+
     cmd = [sys.executable, str(ROOT / "tools" / "take_to_blend.py"), str(take_dir), str(blend_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"Writing {blend_path.name} failed: {tail[0]}")
+        raise OutputError(f"Writing {blend_path.name} failed: {tail[0]}")
 
 
 def main_demo(argv: list[str]) -> int:
-    from .errors import MicroexpError
+    from .errors import Cancelled, MicroexpError
     from .events import CancelFlag, TerminalReporter
     from .metrics import face_mask_for, micro_motion_error, vertex_error_mm
     from .pipeline import ReconstructOptions, reconstruct
@@ -43,21 +45,28 @@ def main_demo(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: Cannot create the demo folder {out} ({exc.strerror or exc}).", file=sys.stderr)
+        return 1
     clip = out / "clip.mp4"
     print(f"making {clip} ({args.frames} frames at {args.fps:g} fps) with scripted micro-expressions ...",
           file=sys.stderr)
-    truth_path = make_clip(clip, fps=args.fps, frames=args.frames, seed=args.seed)
     cancel = CancelFlag()
     cancel.install_signal_handlers()
     try:
+        truth_path = make_clip(clip, fps=args.fps, frames=args.frames, seed=args.seed)
         result = reconstruct(clip, out, ReconstructOptions(stages=args.stages), reporter=TerminalReporter(),
                              cancel=cancel)
+        if not args.no_blend:
+            write_blend(out, out / "demo.blend")
+    except Cancelled:
+        print("\nCancelled.", file=sys.stderr)
+        return 130
     except MicroexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if not args.no_blend:
-        write_blend(out, out / "demo.blend")
 
     from blender_microexp.core.take import read_take
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from blender_microexp.core.take import TakeError
+
 from . import __version__
-from .errors import Cancelled, MicroexpError, OutputError
+from .errors import Cancelled, OutputError
 from .events import Reporter
 
 
@@ -138,7 +140,10 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     if opts.preview:
         from .preview import write_preview
 
-        write_preview(str(clip), out / "preview.mp4", pre, arrays, cancel=is_cancelled)
+        try:
+            write_preview(str(clip), out / "preview.mp4", pre, arrays, cancel=is_cancelled)
+        except OSError as exc:
+            raise OutputError(f"Could not write {out / 'preview.mp4'} ({exc.strerror or exc}).") from None
         check()
     rep.finish()
     timings = dict(getattr(pre, "timings", {}))
@@ -170,8 +175,11 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         "server_version": __version__,
         "created": now_iso(),
     }
-    write_take(out, header, arrays)
+    try:
+        write_take(out, header, arrays)
+    except TakeError as exc:
+        raise OutputError(str(exc)) from None
     return ReconstructResult(take_dir=out, header=header, timings=timings, coarse_vertices=coarse.vertices)
 
 
-__all__ = ["ReconstructOptions", "ReconstructResult", "reconstruct", "load_model", "MicroexpError"]
+__all__ = ["ReconstructOptions", "ReconstructResult", "reconstruct", "load_model"]

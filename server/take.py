@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from blender_microexp.core.take import Take, TakeError, read_take, write_take
+from blender_microexp.core.take import write_take
+
+from .headmodel.regions import REGION_NAMES
 
 if TYPE_CHECKING:
     from .headmodel import HeadModel
 
-__all__ = ["DetailBasis", "detail_basis", "evaluate_vertices", "write_take", "read_take", "Take", "TakeError",
-           "build_take_arrays"]
+__all__ = ["DetailBasis", "detail_basis", "evaluate_vertices", "build_take_arrays", "head_model_header", "write_take"]
 
 
 @dataclass
@@ -141,15 +141,10 @@ def head_model_header(model: HeadModel) -> dict[str, Any]:
         "vertex_count": int(data.v_template.shape[0]),
         "expression_names": list(data.expression_names),
         "joint_names": list(data.joint_names),
-        "region_names": ["none", "left_eye", "right_eye", "nose", "mouth", "left_cheek", "right_cheek",
-                         "forehead", "chin"],
+        "region_names": ["none", *REGION_NAMES],
     }
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
-
-def save(out_dir: str | Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Atomic write (see blender_microexp.core.take.write_take)."""
-    return write_take(out_dir, header, arrays)
