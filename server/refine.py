@@ -32,6 +32,7 @@ from server.models.deformation import (
 )
 from server.models.dem import DynamicEncodedModule, window_starts
 from server.models.graph import MeshGraph
+from server.onset_solve import millimetres_per_unit, solve_onset_motion, sparse_prior
 
 if TYPE_CHECKING:
     from server.headmodel import HeadModel
@@ -47,10 +48,14 @@ class RefineConfig:
 
     iterations: int = 250
     """Most optimisation steps per clip."""
-    time_budget_s: float = 40.0
+    time_budget_s: float = 35.0
     """Wall-clock budget of the optimisation loop (setup and the final pass come on top)."""
     lr: float = 1e-3
     """Adam learning rate of the per-clip optimisation (training uses the paper's 1e-4)."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """'cosine': the networks' step decays to zero over the run (progress = the larger of iterations and time budget
+    used), so the zero-initialised layers settle instead of dithering at the step size around the start (measured:
+    docs/model.md); 'constant' keeps `lr`."""
     batch_frames: int = 12
     """Frames per iteration of stage 'dem': a random contiguous run of the clip (the loss mini-batch)."""
     full_batch_frames: int = 6
@@ -116,10 +121,10 @@ class RefineConfig:
     """Flow consistency only on vertices of the 8 face regions (the rest is hair, ears, neck: less reliable flow)."""
     w_flow: float = 1.0
     """Adjacent-frame flow consistency (crop px, Charbonnier)."""
-    w_anchor_flow: float = 0.0
+    w_anchor_flow: float = 1.0
     """Onset-anchored flow term (crop px, Charbonnier): vertex motion from each window's anchor frame vs the flow
-    computed directly from the anchor crop to each frame's crop. Off by default: on made clips it has not yet
-    beaten the adjacent-frame term (measured in docs/model.md)."""
+    computed directly from the anchor crop to each frame's crop: the signal the onset solve fits, kept in the
+    networks' loss so they do not drift from it (docs/model.md)."""
     anchor_flow: Literal["crops", "accumulated"] = "crops"
     """Source of the anchored flow: 'crops' = DIS flow from crop a to crop t (`pre.crops`; falls back to
     'accumulated' when the crops have no texture at all); 'accumulated' = the sum of the adjacent flows (accumulates
@@ -146,6 +151,26 @@ class RefineConfig:
     expr_prior_smooth_frames: float = 0.0
     """Gaussian σ (frames) of the temporal smoothing of the coarse expression that the prior pulls towards (0: the
     raw per-frame coarse expression)."""
+    onset_solve: bool = True
+    """Before the networks, solve the rigid motion and a sparse onset-relative expression change from the anchored
+    flow (`server/onset_solve.py`); the DEM then starts from that instead of the raw landmark fit."""
+    solve_rigid_steps: int = 150
+    """Adam steps of the solve's first stage (root rotation and translation only, expression at the onset's)."""
+    solve_steps: int = 250
+    """Adam steps of the solve's second stage (rigid and expression change together, cosine-decayed step)."""
+    solve_lr_rigid: float = 0.3
+    """Step of the rigid-only stage (units 0.01 rad and mm)."""
+    solve_lr: float = 0.05
+    """Initial step of the second stage (Δψ in mm of vertex motion, rigid as above)."""
+    w_sparse: float = 0.02
+    """Weight of the asymmetric L1 of the onset-relative expression change (mm), in the solve and the refinement."""
+    sparse_negative_factor: float = 5.0
+    """How much more lowering a component below the onset's value costs than raising it (FACS intensities rise
+    from a neutral onset; the onset need not be perfectly neutral, so lowering is allowed, at a price)."""
+    jaw_deadband_rad: float = 0.01
+    """The jaw follows the (smoothed) coarse fit only by how far it moves beyond this from the onset frame's jaw
+    (soft threshold): the landmark fit's jaw drift (std ≈ 0.002 rad) moved the whole lower face on made clips, and
+    freeing the jaw in the solve made it worse (docs/model.md). 0 keeps the smoothed coarse jaw."""
     joint_smooth_frames: float = 5.0
     """Gaussian σ (frames) of the temporal smoothing applied to the coarse fit's non-root joints (neck, jaw, eyes)
     before refinement: their frame-to-frame landmark jitter moves the whole lower face or the eyes in head
@@ -162,7 +187,7 @@ class RefineConfig:
     """λ_lap of eq. 24 (ΔV in mm)."""
     lambda_normal: float = 1.0
     """λ_normal of eq. 24."""
-    lambda_flow_guide: float = 0.002
+    lambda_flow_guide: float = 0.5
     """λ_flow_guide of eq. 24 (ΔV in mm)."""
     lambda_flow: float = 0.1
     """λ_flow of eq. 27."""
@@ -282,7 +307,9 @@ class HeadTopology:
 class ClipTensors:
     """One clip's inputs as tensors on the device, plus derived flow maps. T frames."""
 
-    def __init__(self, pre: PreprocessedLike, coarse: CoarseFitLike, device: torch.device, cfg: RefineConfig) -> None:
+    def __init__(self, pre: PreprocessedLike, coarse: CoarseFitLike, device: torch.device, cfg: RefineConfig,
+                 jaw: int | None = None) -> None:
+        """`jaw`: index of the jaw joint in the pose (gets `cfg.jaw_deadband_rad`), None when the model has none."""
         def t32(a: Any) -> torch.Tensor:
             return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
 
@@ -296,6 +323,9 @@ class ClipTensors:
         if cfg.joint_smooth_frames > 0 and n > 1:
             pose = pose.copy()
             pose[:, 1:] = gaussian_filter1d(pose[:, 1:], cfg.joint_smooth_frames, axis=0, mode="nearest")
+        if cfg.jaw_deadband_rad > 0 and jaw is not None:
+            pose = pose.copy()
+            pose[:, jaw] = deadband_from_onset(pose[:, jaw], cfg.jaw_deadband_rad)
         self.pose = t32(pose)  # (T, J, 3): root as fitted, other joints temporally smoothed
         prior = np.asarray(coarse.expression, dtype=np.float32)
         if cfg.expr_prior_smooth_frames > 0 and n > 1:
@@ -353,8 +383,8 @@ class ClipTensors:
             weights[w, s + n_ov:e] = 1.0
         pairs = [(s, t, float(weights[w, t])) for w, (s, e) in enumerate(spans) for t in range(s + 1, e)
                  if weights[w, t] > 0]
-        if cfg.w_anchor_flow <= 0:
-            pairs = []  # the term is off: skip the flow computation
+        if cfg.w_anchor_flow <= 0 and not cfg.onset_solve:
+            pairs = []  # neither the term nor the solve uses it: skip the flow computation
         size = cfg.anchor_flow_size
         maps = torch.zeros(len(pairs), 2, size, size, dtype=torch.float16)
         cum = None
@@ -386,6 +416,28 @@ class ClipTensors:
         self.anchored = maps.to(dev)
 
 
+    def use_solution(self, expression: torch.Tensor, pose: torch.Tensor, translation: torch.Tensor) -> None:
+        """Replace the coarse fit's per-frame estimate by a solved one (`server.onset_solve`): the DEM's base, the
+        expression prior and the pose the rigid corrections start from."""
+        self.expression = expression
+        self.expression_prior = expression
+        self.pose = pose
+        self.translation = translation
+
+
+def deadband_from_onset(values: np.ndarray, band: float) -> np.ndarray:
+    """values (T, ...) with each frame's change from frame 0 soft-thresholded by `band`: changes within ±band
+    vanish, larger ones keep their excess (so a real jaw drop stays continuous)."""
+    change = values - values[:1]
+    return values[:1] + np.sign(change) * np.maximum(np.abs(change) - band, 0.0)
+
+
+def joint_index(model: HeadModel, name: str) -> int | None:
+    """Index of a named joint of the head model (None when its data has no joint of that name)."""
+    names = list(getattr(getattr(model, "data", None), "joint_names", None) or [])
+    return names.index(name) if name in names else None
+
+
 def _match_brightness(gray: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """gray (H, W) uint8 with its mean and contrast matched to reference's (a global gain and offset)."""
     g, r = gray.astype(np.float32), reference.astype(np.float32)
@@ -411,6 +463,7 @@ class ClipObjective:
         self.rigid = nn.Embedding(n, 6, sparse=True).to(clip.pose.device)
         nn.init.zeros_(self.rigid.weight)
         self.rigid.weight.requires_grad_(refine_pose)
+        self.mm_per_unit = millimetres_per_unit(model).to(clip.expression.device)  # (E,) scale of the sparse prior
 
     def corrections(self, frames: torch.Tensor) -> torch.Tensor:
         """Root-rotation (0.01 rad) and translation (mm) corrections (B, 2, 3) of `frames`."""
@@ -508,6 +561,9 @@ class ClipObjective:
                                                              c.confidence[frames])
         terms["expr_coarse"] = cfg.w_expr_coarse * (psi - c.expression_prior[frames]).pow(2).sum(-1).mean()
         terms["expr"] = cfg.w_expr * psi.pow(2).sum(-1).mean()
+        if cfg.w_sparse > 0:
+            change = (psi - c.expression[:1]) * self.mm_per_unit  # onset-relative (frame 0), mm of vertex motion
+            terms["sparse"] = cfg.w_sparse * sparse_prior(change, cfg.sparse_negative_factor)
         terms["temporal_expr"] = cfg.w_temporal_expr * L.second_difference(psi)
         if self.rigid.weight.requires_grad:
             rigid = self.corrections(frames)
@@ -555,6 +611,24 @@ class ClipObjective:
         return {k: v / max(count, 1) for k, v in sums.items()}
 
 
+def prepare_clip(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, cfg: RefineConfig,
+                 device: torch.device, tick: Callable[[int], None] | None = None, cancel: Cancel | None = None,
+                 ) -> tuple[ClipTensors, HeadTopology, dict[str, Any] | None]:
+    """One clip's tensors and topology, with the onset-relative motion solve applied when `cfg.onset_solve`
+    (then also its report; None otherwise). Shared by `refine` and `train`."""
+    clip = ClipTensors(pre, coarse, device, cfg, jaw=joint_index(model, "jaw"))
+    if clip.expression.shape[1] != model.num_expression:
+        raise ClipError(f"The coarse fit has {clip.expression.shape[1]} expression components but the head model has "
+                        f"{model.num_expression}.")
+    topo = HeadTopology(model, clip.shape, cfg.landmark_k)
+    solve_report = None
+    if cfg.onset_solve:
+        solved = solve_onset_motion(model, topo, clip, cfg, tick=tick, cancel=cancel)
+        clip.use_solution(solved.expression, solved.pose, solved.translation)
+        solve_report = solved.report
+    return clip, topo, solve_report
+
+
 def build_nets(model: HeadModel, cfg: RefineConfig, checkpoint: str | Path | None, device: torch.device
                ) -> tuple[MicroExpNets, RefineConfig, dict[str, Any] | None]:
     """Networks for this head model, from a checkpoint (whose architecture fields win) or freshly initialised."""
@@ -583,18 +657,35 @@ def refine(
     Adam runs on random runs of `batch_frames` frames until `iterations`, `time_budget_s` or a loss plateau.
     Raises Cancelled when `cancel()` turns true, ClipError / CheckpointError (one sentence) on bad input.
     """
+    cfg = config or RefineConfig()
+    if resolve_device(cfg.device).type != "cpu":
+        return _refine(model, pre, coarse, stages, cfg, progress, cancel, checkpoint)
+    # As in the coarse fit: the per-step tensors are small, so one CPU thread is as fast, and OpenMP workers
+    # spinning against each other on a busy 2-core machine made a bench run 3-4x slower (half the time in sys).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _refine(model, pre, coarse, stages, cfg, progress, cancel, checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stages: str, cfg: RefineConfig,
+            progress: Progress | None, cancel: Cancel | None, checkpoint: str | Path | None) -> Refined:
     t_start = time.perf_counter()
     if stages not in ("dem", "full"):
         raise ValueError(f"Unknown refinement stages '{stages}': use 'dem' or 'full'.")
-    cfg = config or RefineConfig()
     device = resolve_device(cfg.device)
     nets, cfg, ckpt = build_nets(model, cfg, checkpoint, device)
     model = model.to(device)
-    clip = ClipTensors(pre, coarse, device, cfg)
-    if clip.expression.shape[1] != model.num_expression:
-        raise ClipError(f"The coarse fit has {clip.expression.shape[1]} expression components but the head model has "
-                        f"{model.num_expression}.")
-    topo = HeadTopology(model, clip.shape, cfg.landmark_k)
+    solve_total = cfg.solve_rigid_steps + cfg.solve_steps if cfg.onset_solve else 0
+    progress_total = solve_total + cfg.iterations
+
+    def tick(step: int) -> None:
+        if progress is not None:
+            progress("refine", step, progress_total)
+
+    clip, topo, solve_report = prepare_clip(model, pre, coarse, cfg, device, tick, cancel)
     objective = ClipObjective(model, topo, clip, nets, cfg, refine_pose=cfg.refine_pose)
     params = [p for group in nets.parameter_groups(stages).values() for p in group]
     optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(params, lr=cfg.lr)]
@@ -612,6 +703,10 @@ def refine(
         if cancel is not None and cancel():
             raise Cancelled("The refinement was cancelled.")
         start = int(torch.randint(0, clip.n_frames - n_batch + 1, (1,), generator=gen))
+        if cfg.lr_schedule == "cosine":
+            done = max((it - 1) / max(cfg.iterations, 1), (time.perf_counter() - t_loop) / max(cfg.time_budget_s, 1e-9))
+            for group in optimizers[0].param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
         terms = objective.losses(start, start + n_batch, stages)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -629,7 +724,7 @@ def refine(
         else:
             since_best += 1
         if progress is not None:
-            progress("refine", it, cfg.iterations)
+            progress("refine", solve_total + it, progress_total)
         if since_best >= cfg.patience:
             stopped_by = "plateau"
             break
@@ -654,6 +749,7 @@ def refine(
         "loss_initial": initial,
         "loss_final": final,
         "max_displacement_mm": float(disp.abs().max() * L.MM),
+        "onset_solve": solve_report,
         "mean_expression_change": float((psi - clip.expression).abs().mean()),
         "mean_pose_change_deg": float((pose - clip.pose).abs().mean() * 180.0 / math.pi),
         "mean_translation_change_mm": float((translation - clip.translation).abs().mean() * L.MM),

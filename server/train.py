@@ -18,14 +18,13 @@ from server.models.checkpoint import load_checkpoint, save_checkpoint
 from server.refine import (
     ARCH_FIELDS,
     ClipObjective,
-    ClipTensors,
     CoarseFitLike,
-    HeadTopology,
     MicroExpNets,
     PreprocessedLike,
     RefineConfig,
     config_from_dict,
     model_dims,
+    prepare_clip,
     resolve_device,
 )
 
@@ -141,7 +140,7 @@ def train(
             raise Cancelled("Training was cancelled.")
         try:
             pre, coarse = run(clip)
-            tensors = ClipTensors(pre, coarse, device, model_cfg)
+            tensors, topo, _ = prepare_clip(head, pre, coarse, model_cfg, device, cancel=cancel)
         except MicroexpError as exc:  # one bad clip must not end a long run
             skipped.append(f"{clip.name}: {exc}")
             say(f"skipping {clip.name}: {exc}")
@@ -149,7 +148,6 @@ def train(
         if tensors.n_frames < 2:
             skipped.append(f"{clip.name}: fewer than 2 frames")
             continue
-        topo = HeadTopology(head, tensors.shape, model_cfg.landmark_k)
         objectives.append(ClipObjective(head, topo, tensors, nets, model_cfg))
         if progress is not None:
             progress("prepare", i + 1, len(clips))

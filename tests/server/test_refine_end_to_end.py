@@ -50,9 +50,10 @@ def test_refinement_does_not_add_micro_motion_error(made: dict[str, Any]) -> Non
 
 
 def test_refinement_lowers_micro_motion_error_below_the_coarse_fit(made: dict[str, Any]) -> None:
-    """Measured 6.47 vs 6.64 (−2.6 %) with the fixed 60 steps: mostly the joint smoothing (docs/model.md)."""
+    """Measured 0.953 vs 6.640 (−86 %) with the fixed 60 steps: mostly the onset-relative flow solve, which removes
+    the landmark fit's spurious motion (docs/model.md). The margin asserted is the issue's −25 % and then some."""
     refined, coarse = micro_errors(made)
-    assert refined <= 0.99 * coarse, (refined, coarse)
+    assert refined <= 0.5 * coarse, (refined, coarse)
 
 
 def test_refinement_removes_rigid_jitter(made: dict[str, Any]) -> None:

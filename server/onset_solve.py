@@ -1,0 +1,137 @@
+"""Onset-relative motion solve: the rigid head motion and a sparse onset-relative expression change of every frame,
+fitted to the flow from each window's anchor (onset) frame. Runs before the networks (`server.refine`).
+
+Why it exists (measured in docs/model.md): on made clips the coarse landmark fit's frame-to-frame noise is about
+four times the scripted micro-motion, the adjacent-frame flow (≈0.04 px/frame of signal) drowns in DIS noise,
+and the anchored flow a → t carries the onset-relative motion (0.3-3 px) but only once the rigid pose is right.
+So the solve (1) fits the per-frame root rotation and translation to the anchored flow with the expression held
+at the onset's (the Charbonnier penalty treats the regions that move as outliers), then (2) fits
+ψ_t = ψ_onset + Δψ_t with an asymmetric L1 prior on Δψ in millimetres of vertex motion: a micro-expression is a
+few action units at a time, mostly raised from a neutral onset, so a component moves only when the flow asks for
+it, and lowering one below the onset costs `sparse_negative_factor` times more. The Adam step size decays to
+zero over stage 2 (cosine), so components without support settle at zero instead of dithering at the step size.
+
+The result is the per-frame initial estimate the dynamic-encoded module starts from (its `dem_base='coarse'`
+residual form), in place of the raw landmark fit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from server import losses as L
+from server.errors import Cancelled
+from server.geometry import to_world
+
+if TYPE_CHECKING:
+    from server.headmodel import HeadModel
+    from server.refine import ClipTensors, HeadTopology, RefineConfig
+
+Tick = Callable[[int], None]
+Cancel = Callable[[], bool]
+
+
+@dataclass
+class OnsetMotion:
+    """Solved per-frame expression (T, E), pose (T, J, 3) (root solved, other joints as given), translation (T, 3),
+    all torch on the clip's device, and a report (steps, losses, active fraction, seconds)."""
+
+    expression: torch.Tensor
+    pose: torch.Tensor
+    translation: torch.Tensor
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def millimetres_per_unit(model: HeadModel) -> torch.Tensor:
+    """Largest vertex displacement (mm) of one unit of each expression component (E,): the sparsity prior's scale,
+    so a unit of Δψ in the solve moves some vertex by 1 mm whatever the basis' own scaling."""
+    dirs = torch.as_tensor(model.data.exprdirs, dtype=torch.float32)  # (V, 3, E) metres
+    return (torch.linalg.vector_norm(dirs, dim=1).amax(0) * L.MM).clamp_min(1e-6)
+
+
+def sparse_prior(delta_mm: torch.Tensor, negative_factor: float) -> torch.Tensor:
+    """Asymmetric L1 of onset-relative changes (T, E) in mm: raising costs 1 per mm, lowering `negative_factor`."""
+    return (delta_mm.clamp_min(0.0) + negative_factor * (-delta_mm).clamp_min(0.0)).sum(-1).mean()
+
+
+def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, cfg: RefineConfig,
+                       tick: Tick | None = None, cancel: Cancel | None = None) -> OnsetMotion:
+    """Stage 1: `solve_rigid_steps` Adam steps on the root corrections alone (lr `solve_lr_rigid`); stage 2:
+    `solve_steps` steps on the corrections and Δψ together (lr `solve_lr`, cosine decay), loss = anchored flow
+    (`clip.pair_*`, the DEM windows' anchors) + `w_sparse` × asymmetric L1 of Δψ (mm). Frame 0 is the reference:
+    its Δψ and corrections are held at zero. Whole clip per step (all anchored pairs); `tick(k)` after every step.
+    """
+    t0 = time.perf_counter()
+    dev = clip.expression.device
+    n = clip.n_frames
+    mm = millimetres_per_unit(model).to(dev)
+    base = clip.expression[:1]  # (1, E) the onset frame's coarse expression
+    delta = torch.zeros(n, base.shape[1], device=dev, requires_grad=True)  # mm units
+    rigid = torch.zeros(n, 6, device=dev, requires_grad=True)  # 0.01 rad, mm
+    keep = torch.ones(n, 1, device=dev)
+    keep[0] = 0.0  # the reference frame stays where the coarse fit put it
+    shape = clip.shape[None].expand(n, -1)
+    pa, pt = clip.pair_anchor, clip.pair_frame
+    anchored = clip.anchored.float()
+    weight = clip.pair_weight * clip.confidence[pa] * clip.confidence[pt]
+    vertex_mask = topo.face_mask if cfg.flow_face_only else None
+
+    def objective(with_expression: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = delta * keep
+        r = rigid * keep
+        psi = base + d / mm if with_expression else base.expand(n, -1)
+        pose = torch.cat([clip.pose[:, :1] + r[:, None, :3] * 0.01, clip.pose[:, 1:]], dim=1)
+        trans = clip.translation + r[:, 3:] * 1e-3
+        world = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
+        flow = L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
+                                    topo.faces, weight, vertex_mask, cfg.flow_eps, 224)
+        sparse = sparse_prior(d, cfg.sparse_negative_factor) if with_expression else flow * 0.0
+        return flow, sparse, psi
+
+    losses: dict[str, float] = {}
+    if pa.numel() > 0:
+        with torch.no_grad():
+            losses["flow_initial"] = float(objective(False)[0])
+        opt_rigid = torch.optim.Adam([rigid], lr=cfg.solve_lr_rigid)
+        opt_all = torch.optim.Adam([delta, rigid], lr=cfg.solve_lr)
+        total = cfg.solve_rigid_steps + cfg.solve_steps
+        for step in range(total):
+            if cancel is not None and cancel():
+                raise Cancelled("The refinement was cancelled.")
+            stage2 = step >= cfg.solve_rigid_steps
+            if stage2:
+                k = step - cfg.solve_rigid_steps
+                for group in opt_all.param_groups:
+                    group["lr"] = cfg.solve_lr * 0.5 * (1.0 + math.cos(math.pi * k / max(cfg.solve_steps, 1)))
+            opt = opt_all if stage2 else opt_rigid
+            flow, sparse, _ = objective(stage2)
+            loss = flow + cfg.w_sparse * sparse
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if tick is not None:
+                tick(step + 1)
+        with torch.no_grad():
+            flow, sparse, _ = objective(True)
+            losses["flow_final"], losses["sparse_final"] = float(flow), float(sparse)
+    with torch.no_grad():
+        d = delta * keep
+        r = rigid * keep
+        psi = base + d / mm
+        pose = torch.cat([clip.pose[:, :1] + r[:, None, :3] * 0.01, clip.pose[:, 1:]], dim=1)
+        trans = clip.translation + r[:, 3:] * 1e-3
+        report = {
+            "steps": cfg.solve_rigid_steps + cfg.solve_steps if pa.numel() > 0 else 0,
+            "pairs": int(pa.numel()),
+            "losses": losses,
+            "active_fraction": float((d.abs() > 0.05).float().mean()),
+            "max_change_mm": float(d.abs().max()) if n else 0.0,
+            "seconds": time.perf_counter() - t0,
+        }
+    return OnsetMotion(psi.detach(), pose.detach(), trans.detach(), report)
