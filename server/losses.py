@@ -93,7 +93,7 @@ def flow_consistency_loss(
 def anchored_flow_loss(
     world_a: torch.Tensor, world_t: torch.Tensor, flow: torch.Tensor, boxes_a: torch.Tensor, boxes_t: torch.Tensor,
     camera: torch.Tensor, faces: torch.Tensor, weight: torch.Tensor, vertex_mask: torch.Tensor | None = None,
-    eps: float = 0.05, crop_size: int = 224,
+    eps: float = 0.05, crop_size: int = 224, visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Onset-anchored flow term: each visible face vertex's projected displacement from anchor frame a to frame t
     vs the flow computed directly from crop a to crop t (not accumulated), sampled at its crop-a position.
@@ -105,22 +105,28 @@ def anchored_flow_loss(
     (B, 3) each frame's own crop box; weight (B,) pair confidence (× seam cross-fade). -> scalar (crop px).
     """
     return pair_flow_loss(world_a, world_t, flow, boxes_a, boxes_t, camera, faces, weight, vertex_mask, eps,
-                          crop_size)
+                          crop_size, visible)
+
+
+def facing_camera(world: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(B, V) bool: vertices of world meshes (B, V, 3) whose normal faces the camera at the origin."""
+    return (vertex_normals(world, faces) * -world).sum(-1) > 0
 
 
 def pair_flow_loss(
     world_a: torch.Tensor, world_b: torch.Tensor, flow: torch.Tensor, boxes_a: torch.Tensor, boxes_b: torch.Tensor,
     camera: torch.Tensor, faces: torch.Tensor, weight: torch.Tensor, vertex_mask: torch.Tensor | None,
-    eps: float, crop_size: int,
+    eps: float, crop_size: int, visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Shared body of the flow terms: frame a -> b projected vertex motion (crop px of `crop_size`) vs the flow
     (B, 2, h, w) a -> b in those pixels, bilinearly sampled at the crop-a position (rescaled when h != crop_size).
-    Vertices whose normal faces the camera at a, inside crop a, in vertex_mask. Charbonnier, weighted mean."""
+    Vertices whose normal faces the camera at a (or `visible` (B, V) bool when given: computed once by a caller
+    whose meshes barely move between calls), inside crop a, in vertex_mask. Charbonnier, weighted mean."""
     p_a = image_to_crop(project(world_a, camera), boxes_a, crop_size)  # (B, V, 2)
     p_b = image_to_crop(project(world_b, camera), boxes_b, crop_size)
     with torch.no_grad():
-        normals = vertex_normals(world_a, faces)
-        visible = (normals * -world_a).sum(-1) > 0  # camera at the origin
+        if visible is None:
+            visible = facing_camera(world_a, faces)
         inside = ((p_a >= 0) & (p_a < crop_size)).all(-1)
         mask = visible & inside
         if vertex_mask is not None:

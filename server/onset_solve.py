@@ -60,6 +60,18 @@ def sparse_prior(delta_mm: torch.Tensor, negative_factor: float) -> torch.Tensor
     return (delta_mm.clamp_min(0.0) + negative_factor * (-delta_mm).clamp_min(0.0)).sum(-1).mean()
 
 
+def sample_vertices(mask: torch.Tensor, limit: int) -> torch.Tensor:
+    """mask (V,) bool thinned to at most `limit` of its vertices, every k-th in index order (a mean over the face:
+    FLAME's 5023 vertices are denser than the 112² flow map they sample, so the loss changes little)."""
+    idx = torch.nonzero(mask).flatten()
+    if limit <= 0 or idx.numel() <= limit:
+        return mask
+    keep = idx[torch.linspace(0, idx.numel() - 1, limit, device=idx.device).round().long()]
+    out = torch.zeros_like(mask)
+    out[keep] = True
+    return out
+
+
 def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, cfg: RefineConfig,
                        tick: Tick | None = None, cancel: Cancel | None = None) -> OnsetMotion:
     """Stage 1: `solve_rigid_steps` Adam steps on the root corrections alone (lr `solve_lr_rigid`); stage 2:
@@ -80,7 +92,11 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
     pa, pt = clip.pair_anchor, clip.pair_frame
     anchored = clip.anchored.float()
     weight = clip.pair_weight * clip.confidence[pa] * clip.confidence[pt]
-    vertex_mask = topo.face_mask if cfg.flow_face_only else None
+    vertex_mask = sample_vertices(topo.face_mask if cfg.flow_face_only else torch.ones_like(topo.face_mask),
+                                  cfg.solve_max_vertices)
+    used = torch.nonzero(vertex_mask).flatten()
+    visible: torch.Tensor | None = None  # at the anchors, computed once: corrections of < 1° and a few mm of
+    # expression do not change which vertices face the camera, and the normals cost half of each step on FLAME
 
     def objective(with_expression: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = delta * keep
@@ -89,8 +105,13 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
         pose = torch.cat([clip.pose[:, :1] + r[:, None, :3] * 0.01, clip.pose[:, 1:]], dim=1)
         trans = clip.translation + r[:, 3:] * 1e-3
         world = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
+        nonlocal visible
+        if visible is None:
+            with torch.no_grad():
+                visible = L.facing_camera(world[pa], topo.faces)[:, used]
+        world = world[:, used]  # only the vertices the term uses are projected and sampled
         flow = L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
-                                    topo.faces, weight, vertex_mask, cfg.flow_eps, 224)
+                                    topo.faces, weight, None, cfg.flow_eps, 224, visible)
         sparse = sparse_prior(d, cfg.sparse_negative_factor) if with_expression else flow * 0.0
         return flow, sparse, psi
 

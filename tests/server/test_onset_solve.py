@@ -11,7 +11,7 @@ import torch
 
 from server.headmodel import HeadModel
 from server.models.toy import make_toy_clip, toy_head_data
-from server.onset_solve import millimetres_per_unit, solve_onset_motion, sparse_prior
+from server.onset_solve import millimetres_per_unit, sample_vertices, solve_onset_motion, sparse_prior
 from server.refine import ClipTensors, HeadTopology, RefineConfig, deadband_from_onset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,6 +30,15 @@ def test_millimetres_per_unit_is_each_components_largest_vertex_motion() -> None
     dirs = model.data.exprdirs  # (V, 3, E) metres
     want = np.linalg.norm(dirs, axis=1).max(0) * 1000.0
     np.testing.assert_allclose(millimetres_per_unit(model).numpy(), want, rtol=1e-5)
+
+
+def test_sample_vertices_thins_the_mask_evenly_and_keeps_small_ones() -> None:
+    mask = torch.zeros(100, dtype=torch.bool)
+    mask[10:90] = True
+    thin = sample_vertices(mask, 9)
+    assert int(thin.sum()) == 9 and bool((thin <= mask).all())
+    assert thin[10] and thin[89]  # spans the whole range
+    assert torch.equal(sample_vertices(mask, 1000), mask) and torch.equal(sample_vertices(mask, 0), mask)
 
 
 def test_deadband_keeps_only_the_excess_over_the_band() -> None:
