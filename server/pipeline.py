@@ -39,7 +39,7 @@ class ReconstructOptions:
     """A trained checkpoint to start the refinement from (then fine-tuned on the clip)."""
     device: str = "auto"
     time_budget_s: float | None = None
-    """Upper bound on the refinement's per-clip optimisation time."""
+    """Upper bound on the networks' per-clip optimisation loop (the onset solve's fixed steps come on top)."""
     preview: bool = True
     """Write preview.mp4: the fitted mesh drawn over the source frames."""
     max_detail: int = 16
