@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from server import losses as L
-from server.errors import Cancelled
+from server.errors import Cancelled, ClipError
 from server.geometry import to_world
 
 if TYPE_CHECKING:
@@ -58,6 +58,11 @@ def millimetres_per_unit(model: HeadModel) -> torch.Tensor:
 def sparse_prior(delta_mm: torch.Tensor, negative_factor: float) -> torch.Tensor:
     """Asymmetric L1 of onset-relative changes (T, E) in mm: raising costs 1 per mm, lowering `negative_factor`."""
     return (delta_mm.clamp_min(0.0) + negative_factor * (-delta_mm).clamp_min(0.0)).sum(-1).mean()
+
+
+def cosine_lr(lr: float, progress: float) -> float:
+    """Step size decayed from `lr` at progress 0 to zero at progress ≥ 1 along half a cosine."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def sample_vertices(mask: torch.Tensor, limit: int) -> torch.Tensor:
@@ -98,61 +103,61 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
     visible: torch.Tensor | None = None  # at the anchors, computed once: corrections of < 1° and a few mm of
     # expression do not change which vertices face the camera, and the normals cost half of each step on FLAME
 
-    def objective(with_expression: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = delta * keep
-        r = rigid * keep
+    def state(with_expression: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ψ (T, E), pose (T, J, 3), translation (T, 3) from the current variables (frame 0 held)."""
+        d, r = delta * keep, rigid * keep
         psi = base + d / mm if with_expression else base.expand(n, -1)
         pose = torch.cat([clip.pose[:, :1] + r[:, None, :3] * 0.01, clip.pose[:, 1:]], dim=1)
-        trans = clip.translation + r[:, 3:] * 1e-3
-        world = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
+        return psi, pose, clip.translation + r[:, 3:] * 1e-3
+
+    def flow_loss(with_expression: bool) -> torch.Tensor:
         nonlocal visible
+        psi, pose, trans = state(with_expression)
+        world = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
         if visible is None:
             with torch.no_grad():
                 visible = L.facing_camera(world[pa], topo.faces)[:, used]
         world = world[:, used]  # only the vertices the term uses are projected and sampled
-        flow = L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
+        return L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
                                     topo.faces, weight, None, cfg.flow_eps, 224, visible)
-        sparse = sparse_prior(d, cfg.sparse_negative_factor) if with_expression else flow * 0.0
-        return flow, sparse, psi
+
+    def sparse() -> torch.Tensor:
+        return sparse_prior(delta * keep, cfg.sparse_negative_factor)
 
     losses: dict[str, float] = {}
-    if pa.numel() > 0:
+    steps = cfg.solve_rigid_steps + cfg.solve_steps if pa.numel() > 0 else 0
+    if steps:
         with torch.no_grad():
-            losses["flow_initial"] = float(objective(False)[0])
+            losses["flow_initial"] = float(flow_loss(False))
         opt_rigid = torch.optim.Adam([rigid], lr=cfg.solve_lr_rigid)
         opt_all = torch.optim.Adam([delta, rigid], lr=cfg.solve_lr)
-        total = cfg.solve_rigid_steps + cfg.solve_steps
-        for step in range(total):
+        for step in range(steps):
             if cancel is not None and cancel():
                 raise Cancelled("The refinement was cancelled.")
-            stage2 = step >= cfg.solve_rigid_steps
-            if stage2:
-                k = step - cfg.solve_rigid_steps
+            if step < cfg.solve_rigid_steps:
+                opt, loss = opt_rigid, flow_loss(False)
+            else:
                 for group in opt_all.param_groups:
-                    group["lr"] = cfg.solve_lr * 0.5 * (1.0 + math.cos(math.pi * k / max(cfg.solve_steps, 1)))
-            opt = opt_all if stage2 else opt_rigid
-            flow, sparse, _ = objective(stage2)
-            loss = flow + cfg.w_sparse * sparse
+                    group["lr"] = cosine_lr(cfg.solve_lr, (step - cfg.solve_rigid_steps) / max(cfg.solve_steps, 1))
+                opt, loss = opt_all, flow_loss(True) + cfg.w_sparse * sparse()
+            if not torch.isfinite(loss):
+                raise ClipError("The onset solve diverged (non-finite loss); the clip's flow is unusable.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if tick is not None:
                 tick(step + 1)
         with torch.no_grad():
-            flow, sparse, _ = objective(True)
-            losses["flow_final"], losses["sparse_final"] = float(flow), float(sparse)
+            losses["flow_final"], losses["sparse_final"] = float(flow_loss(True)), float(sparse())
     with torch.no_grad():
+        psi, pose, trans = state(True)
         d = delta * keep
-        r = rigid * keep
-        psi = base + d / mm
-        pose = torch.cat([clip.pose[:, :1] + r[:, None, :3] * 0.01, clip.pose[:, 1:]], dim=1)
-        trans = clip.translation + r[:, 3:] * 1e-3
         report = {
-            "steps": cfg.solve_rigid_steps + cfg.solve_steps if pa.numel() > 0 else 0,
+            "steps": steps,
             "pairs": int(pa.numel()),
             "losses": losses,
             "active_fraction": float((d.abs() > 0.05).float().mean()),
-            "max_change_mm": float(d.abs().max()) if n else 0.0,
+            "max_change_mm": float(d.abs().max()),
             "seconds": time.perf_counter() - t0,
         }
     return OnsetMotion(psi.detach(), pose.detach(), trans.detach(), report)

@@ -32,7 +32,7 @@ from server.models.deformation import (
 )
 from server.models.dem import DynamicEncodedModule, window_starts
 from server.models.graph import MeshGraph
-from server.onset_solve import millimetres_per_unit, solve_onset_motion, sparse_prior
+from server.onset_solve import cosine_lr, millimetres_per_unit, solve_onset_motion, sparse_prior
 
 if TYPE_CHECKING:
     from server.headmodel import HeadModel
@@ -418,7 +418,6 @@ class ClipTensors:
         self.pair_weight = torch.tensor([p[2] for p in pairs], dtype=torch.float32, device=dev)
         self.anchored = maps.to(dev)
 
-
     def use_solution(self, expression: torch.Tensor, pose: torch.Tensor, translation: torch.Tensor) -> None:
         """Replace the coarse fit's per-frame estimate by a solved one (`server.onset_solve`): the DEM's base, the
         expression prior and the pose the rigid corrections start from."""
@@ -437,7 +436,7 @@ def deadband_from_onset(values: np.ndarray, band: float) -> np.ndarray:
 
 def joint_index(model: HeadModel, name: str) -> int | None:
     """Index of a named joint of the head model (None when its data has no joint of that name)."""
-    names = list(getattr(getattr(model, "data", None), "joint_names", None) or [])
+    names = model.data.joint_names
     return names.index(name) if name in names else None
 
 
@@ -709,7 +708,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
         if cfg.lr_schedule == "cosine":
             done = max((it - 1) / max(cfg.iterations, 1), (time.perf_counter() - t_loop) / max(cfg.time_budget_s, 1e-9))
             for group in optimizers[0].param_groups:
-                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+                group["lr"] = cosine_lr(cfg.lr, done)
         terms = objective.losses(start, start + n_batch, stages)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)

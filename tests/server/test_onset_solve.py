@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from server.errors import ClipError
 from server.headmodel import HeadModel
 from server.models.toy import make_toy_clip, toy_head_data
 from server.onset_solve import millimetres_per_unit, sample_vertices, solve_onset_motion, sparse_prior
@@ -75,3 +76,14 @@ def test_solve_reads_the_expression_change_from_the_flow_not_the_landmark_noise(
     rep = solved.report
     assert rep["steps"] == 260 and rep["pairs"] == T - 1
     assert rep["losses"]["flow_final"] < rep["losses"]["flow_initial"]
+
+
+def test_unusable_flow_ends_in_one_sentence() -> None:
+    model = HeadModel(toy_head_data())
+    pre, coarse = make_toy_clip(model, np.zeros((4, model.num_vertices, 3), np.float32))
+    pre.flow = np.full_like(pre.flow, np.nan)
+    cfg = replace(RefineConfig(), solve_rigid_steps=2, solve_steps=2)
+    clip = ClipTensors(pre, coarse, torch.device("cpu"), cfg)
+    topo = HeadTopology(model, clip.shape, cfg.landmark_k)
+    with pytest.raises(ClipError, match=r"^The onset solve diverged .*unusable\.$"):
+        solve_onset_motion(model, topo, clip, cfg)
