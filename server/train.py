@@ -145,9 +145,6 @@ def train(
             skipped.append(f"{clip.name}: {exc}")
             say(f"skipping {clip.name}: {exc}")
             continue
-        if tensors.n_frames < 2:
-            skipped.append(f"{clip.name}: fewer than 2 frames")
-            continue
         objectives.append(ClipObjective(head, topo, tensors, nets, model_cfg))
         if progress is not None:
             progress("prepare", i + 1, len(clips))
