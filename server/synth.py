@@ -129,6 +129,13 @@ def smooth_noise(rng: np.random.Generator, frames: int, fps: float, dims: int, p
     return smooth / max(float(smooth.std()), 1e-9)
 
 
+def local_motion_field(vertices: np.ndarray, center: int, direction: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Displacement field (V, 3) of unit peak: `direction` (unit) at vertex `center`, falling off as a Gaussian
+    of the rest-space distance with σ = `radius_mm` (vertices (V, 3) in metres)."""
+    dist = np.linalg.norm(vertices - vertices[center], axis=1) * 1000.0
+    return np.exp(-0.5 * (dist / radius_mm) ** 2)[:, None] * np.asarray(direction, np.float64)[None]
+
+
 # --------------------------------------------------------------------------------------------------- the photo
 
 
@@ -315,8 +322,12 @@ def _lmk68_from_mp(mp_points: np.ndarray) -> np.ndarray:
 def make_clip(out_path: str | Path, fps: float = 30, frames: int = 90, width: int = 640, height: int = 360,
               seed: int = 0, aus: Sequence[AUEvent | str] | None = None,
               amplitude_mm: tuple[float, float] = (0.5, 3.0), jitter: bool = True, noise: bool = True,
-              flicker: bool = True, model: str = "builtin") -> Path:
+              flicker: bool = True, model: str = "builtin", local_motion: bool = False) -> Path:
     """Write OUT (mp4, 'mp4v') with scripted micro-expressions and OUT.truth.npz; return the truth's path.
+
+    `local_motion`: each event also moves the skin around a random face point (`local_motion_field`), with the
+    event's timing and peak: motion outside the head model's expression basis, which only per-vertex offsets
+    (the mesh deformation) can reproduce.
 
     `aus`: None for a random timeline over DEFAULT_AUS, a list of names to draw the random timeline from, or
     explicit `AUEvent`s (frames). Truth arrays (see docs/fit-and-synthetic-clips.md): vertices (T, V, 3) head
@@ -350,6 +361,23 @@ def make_clip(out_path: str | Path, fps: float = 30, frames: int = 90, width: in
     for ev in events:
         expression += ev.curve(fidx)[:, None] * ev.peak_mm * au_coefficients(ev.name, names, exprdirs)[None]
 
+    # Local skin motion (drawn only when asked for, so a seed's default clip does not change).
+    centers, directions, radii = [], [], []
+    offsets = None
+    if local_motion:
+        candidates = np.flatnonzero(np.abs(exprdirs).max(axis=(1, 2)) > 1e-5)  # the face (metrics.face_mask_for)
+        offsets = np.zeros((frames, exprdirs.shape[0], 3))
+        for ev in events:
+            centers.append(int(rng.choice(candidates)))
+            d = rng.standard_normal(3)
+            directions.append(d / np.linalg.norm(d))
+            radii.append(float(rng.uniform(8.0, 15.0)))
+            field = local_motion_field(base.vertices[0], centers[-1], directions[-1], radii[-1])
+            offsets += ev.curve(fidx)[:, None, None] * (ev.peak_mm * 1e-3) * field[None]
+    local: dict[str, np.ndarray] = {"local_center": np.array(centers, np.int64),
+                                    "local_direction": np.array(directions, np.float32).reshape(-1, 3),
+                                    "local_radius_mm": np.array(radii, np.float32)}
+
     pose = np.repeat(base.pose, frames, axis=0).astype(np.float64)  # (T, J, 3)
     translation = np.repeat(base.translation, frames, axis=0).astype(np.float64)  # (T, 3)
     if jitter:
@@ -360,7 +388,8 @@ def make_clip(out_path: str | Path, fps: float = 30, frames: int = 90, width: in
     with torch.no_grad():
         verts = torch.cat([
             head(shape_t[None].expand(len(c), -1), torch.as_tensor(expression[c], dtype=torch.float32),
-                 torch.as_tensor(pose[c], dtype=torch.float32)).vertices
+                 torch.as_tensor(pose[c], dtype=torch.float32),
+                 None if offsets is None else torch.as_tensor(offsets[c], dtype=torch.float32)).vertices
             for c in np.array_split(np.arange(frames), max(1, frames // 64))
         ])  # (T, V, 3)
         rot = rotation_matrix(torch.as_tensor(pose[:, 0], dtype=torch.float32))
@@ -411,6 +440,7 @@ def make_clip(out_path: str | Path, fps: float = 30, frames: int = 90, width: in
         image_size=np.array([width, height], dtype=np.int64),
         model_id=np.array(head.data.model_id),
         projected=proj.astype(np.float32),
+        **local,
     )
     tmp.replace(truth_path)
     return truth_path
@@ -436,7 +466,8 @@ def _events_for(aus: Sequence[AUEvent | str] | None, names: list[str], fps: floa
 
 
 def main_make_clip(argv: Sequence[str] | None = None) -> int:
-    """`microexp make-clip OUT.mp4 [--fps 30|100|200] [--frames N] [--seed S] [--size WxH] [--model builtin|PATH]`."""
+    """`microexp make-clip OUT.mp4 [--fps 30|100|200] [--frames N] [--seed S] [--size WxH] [--model builtin|PATH]
+    [--local-motion]`."""
     p = argparse.ArgumentParser(prog="microexp make-clip",
                                 description="Make a clip with scripted micro-expressions and its ground truth.")
     p.add_argument("out", help="output .mp4; the truth goes beside it as OUT.truth.npz")
@@ -445,6 +476,9 @@ def main_make_clip(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="640x360", help="WxH in pixels")
     p.add_argument("--model", default="builtin", help="'builtin' or a FLAME model path")
+    p.add_argument("--local-motion", action="store_true",
+                   help="each event also moves the skin around a random face point: motion outside the expression "
+                        "basis")
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
         w_str, h_str = args.size.lower().split("x")
@@ -454,7 +488,7 @@ def main_make_clip(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         truth = make_clip(args.out, fps=args.fps, frames=args.frames, width=width, height=height, seed=args.seed,
-                          model=args.model)
+                          model=args.model, local_motion=args.local_motion)
     except MicroexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
