@@ -27,7 +27,8 @@ import torch
 
 from server import losses as L
 from server.errors import Cancelled, ClipError
-from server.geometry import to_world
+from server.geometry import project, to_world
+from server.raster import AnchoredPhotometry
 
 if TYPE_CHECKING:
     from server.headmodel import HeadModel
@@ -77,11 +78,31 @@ def sample_vertices(mask: torch.Tensor, limit: int) -> torch.Tensor:
     return out
 
 
+def anchored_photometry(model: HeadModel, topo: HeadTopology, clip: ClipTensors, stride: int) -> AnchoredPhotometry:
+    """The photometric samples of every anchor frame, rasterised from the clip's current per-frame estimate (the
+    coarse fit before the solve): which surface point a pixel shows need not be exact, only followed consistently."""
+    assert clip.gray is not None
+    psi, pose, trans = clip.expression, clip.pose, clip.translation
+    anchors = sorted(set(clip.pair_anchor.tolist()))
+    idx = torch.as_tensor(anchors, device=psi.device)
+    with torch.no_grad():
+        world = to_world(model(clip.shape[None].expand(len(anchors), -1), psi[idx], pose[idx]).vertices,
+                         pose[idx, 0], trans[idx])
+        px = L.image_to_crop(project(world, clip.camera), clip.boxes[idx]).cpu().numpy()
+        depth = (-world[..., 2]).cpu().numpy()
+    faces = topo.faces.cpu().numpy()
+    face_triangles = topo.face_mask.cpu().numpy()[faces].all(axis=1)
+    return AnchoredPhotometry(clip.gray, {a: px[i] for i, a in enumerate(anchors)},
+                              {a: depth[i] for i, a in enumerate(anchors)}, faces, face_triangles,
+                              clip.pair_anchor, clip.pair_frame, stride=stride)
+
+
 def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, cfg: RefineConfig,
                        tick: Tick | None = None, cancel: Cancel | None = None) -> OnsetMotion:
     """Stage 1: `solve_rigid_steps` Adam steps on the root corrections alone (lr `solve_lr_rigid`); stage 2:
     `solve_steps` steps on the corrections and Δψ together (lr `solve_lr`, cosine decay), loss = anchored flow
-    (`clip.pair_*`, the DEM windows' anchors) + `w_sparse` × asymmetric L1 of Δψ (mm). Frame 0 is the reference:
+    (`clip.pair_*`, the DEM windows' anchors) [+ `w_photo` × the anchored photometric term when the clip has its
+    samples, `clip.photometry`] + `w_sparse` × asymmetric L1 of Δψ (mm). Frame 0 is the reference:
     its Δψ and corrections are held at zero. Whole clip per step (all anchored pairs); `tick(k)` after every step.
     """
     t0 = time.perf_counter()
@@ -110,16 +131,22 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
         pose = torch.cat([clip.pose[:, :1] + r[:, None, :3] * 0.01, clip.pose[:, 1:]], dim=1)
         return psi, pose, clip.translation + r[:, 3:] * 1e-3
 
-    def flow_loss(with_expression: bool) -> torch.Tensor:
+    photometry = clip.photometry
+    def data_loss(with_expression: bool) -> torch.Tensor:
+        """Anchored flow + photometric (× w_photo, when the clip has its samples)."""
         nonlocal visible
         psi, pose, trans = state(with_expression)
-        world = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
+        world_all = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
         if visible is None:
             with torch.no_grad():
-                visible = L.facing_camera(world[pa], topo.faces)[:, used]
-        world = world[:, used]  # only the vertices the term uses are projected and sampled
-        return L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
+                visible = L.facing_camera(world_all[pa], topo.faces)[:, used]
+        world = world_all[:, used]  # only the vertices the term uses are projected and sampled
+        loss = L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
                                     topo.faces, weight, None, cfg.flow_eps, 224, visible)
+        if photometry is not None:
+            px = L.image_to_crop(project(world_all[pt], clip.camera), clip.boxes[pt])
+            loss = loss + cfg.w_photo * photometry.loss(px, weight, cfg.photo_eps)
+        return loss
 
     def sparse() -> torch.Tensor:
         return sparse_prior(delta * keep, cfg.sparse_negative_factor)
@@ -128,18 +155,18 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
     steps = cfg.solve_rigid_steps + cfg.solve_steps if pa.numel() > 0 else 0
     if steps:
         with torch.no_grad():
-            losses["flow_initial"] = float(flow_loss(False))
+            losses["data_initial"] = float(data_loss(False))
         opt_rigid = torch.optim.Adam([rigid], lr=cfg.solve_lr_rigid)
         opt_all = torch.optim.Adam([delta, rigid], lr=cfg.solve_lr)
         for step in range(steps):
             if cancel is not None and cancel():
                 raise Cancelled("The refinement was cancelled.")
             if step < cfg.solve_rigid_steps:
-                opt, loss = opt_rigid, flow_loss(False)
+                opt, loss = opt_rigid, data_loss(False)
             else:
                 for group in opt_all.param_groups:
                     group["lr"] = cosine_lr(cfg.solve_lr, (step - cfg.solve_rigid_steps) / max(cfg.solve_steps, 1))
-                opt, loss = opt_all, flow_loss(True) + cfg.w_sparse * sparse()
+                opt, loss = opt_all, data_loss(True) + cfg.w_sparse * sparse()
             if not torch.isfinite(loss):
                 raise ClipError("The onset solve diverged (non-finite loss); the clip's flow is unusable.")
             opt.zero_grad(set_to_none=True)
@@ -148,7 +175,7 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
             if tick is not None:
                 tick(step + 1)
         with torch.no_grad():
-            losses["flow_final"], losses["sparse_final"] = float(flow_loss(True)), float(sparse())
+            losses["data_final"], losses["sparse_final"] = float(data_loss(True)), float(sparse())
     with torch.no_grad():
         psi, pose, trans = state(True)
         d = delta * keep

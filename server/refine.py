@@ -32,7 +32,14 @@ from server.models.deformation import (
 )
 from server.models.dem import DynamicEncodedModule, window_starts
 from server.models.graph import MeshGraph
-from server.onset_solve import cosine_lr, millimetres_per_unit, solve_onset_motion, sparse_prior
+from server.onset_solve import (
+    anchored_photometry,
+    cosine_lr,
+    millimetres_per_unit,
+    solve_onset_motion,
+    sparse_prior,
+)
+from server.raster import AnchoredPhotometry, gray_crops
 
 if TYPE_CHECKING:
     from server.headmodel import HeadModel
@@ -165,6 +172,13 @@ class RefineConfig:
     solve_max_vertices: int = 1000
     """The solve's flow term uses at most this many face vertices (evenly thinned by index; 0 = all): the built-in
     head's ~400 face vertices are all used, FLAME's are thinned (its solve ran 90 s per 100 frames with all)."""
+    w_photo: float = 0.0
+    """Weight of the onset-anchored photometric term (`server.raster`, grey levels 0-255) in the onset solve and
+    the networks' loss; 0 (off) by default: on made clips it did not pay for its time (docs/model.md)."""
+    photo_stride: int = 2
+    """Pixel grid step of the photometric term's samples in the 224 crop."""
+    photo_eps: float = 0.5
+    """Charbonnier eps of the photometric term, grey levels."""
     w_sparse: float = 0.02
     """Weight of the asymmetric L1 of the onset-relative expression change (mm), in the solve and the refinement."""
     sparse_negative_factor: float = 5.0
@@ -357,6 +371,11 @@ class ClipTensors:
             [F.adaptive_avg_pool2d(adjacent, s) * (s / CROP), F.adaptive_avg_pool2d(cum, s) * (s / CROP)], 1
         )  # (T, 4, s, s)
         self._anchored_pairs(pre, cfg)
+        self.gray: torch.Tensor | None = None  # (T, 224, 224) blurred grey crops, for the photometric term
+        self.photometry: AnchoredPhotometry | None = None  # its samples, set by prepare_clip when w_photo > 0
+        crops = np.asarray(pre.crops) if cfg.w_photo > 0 else None
+        if crops is not None and crops.shape == (n, CROP, CROP, 3) and int(crops.max()) > int(crops.min()):
+            self.gray = torch.as_tensor(gray_crops(crops), device=device)  # (none without texture: toy clips)
         source = cum if cfg.attention_flow == "onset" else adjacent
         magnitude = torch.linalg.vector_norm(source, dim=1, keepdim=True)  # (T, 1, 224, 224), eq. 18 input
         # Pooled once: eq. 18's patch mean at every pixel, so a step only gathers 8 values per frame.
@@ -556,6 +575,10 @@ class ClipObjective:
                 world_all[ia], world_all[it], c.anchored[sel], c.boxes[pa], c.boxes[pt], c.camera, topo.faces,
                 weight, vertex_mask, cfg.flow_eps, CROP,
             )
+            if c.photometry is not None:
+                px = L.image_to_crop(project(world_all[it], c.camera), c.boxes[pt])
+                terms["photometric"] = cfg.w_photo * c.photometry.loss(px, weight, cfg.photo_eps,
+                                                                       torch.nonzero(sel).flatten())
         frames = run
         lmk_world = to_world(torch.cat([out_all.landmarks68[at], out_all.landmarks_mp[at]], 1), pose[:, 0], trans)
         observed = torch.cat([c.lmk68[frames], c.mp_all[frames][:, topo.mp_indices]], 1)
@@ -623,6 +646,8 @@ def prepare_clip(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike,
         raise ClipError(f"The coarse fit has {clip.expression.shape[1]} expression components but the head model has "
                         f"{model.num_expression}.")
     topo = HeadTopology(model, clip.shape, cfg.landmark_k)
+    if cfg.w_photo > 0 and clip.gray is not None and clip.pair_anchor.numel() > 0:
+        clip.photometry = anchored_photometry(model, topo, clip, cfg.photo_stride)
     solve_report = None
     if cfg.onset_solve:
         solved = solve_onset_motion(model, topo, clip, cfg, tick=tick, cancel=cancel)

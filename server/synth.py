@@ -22,6 +22,7 @@ import torch
 
 from server.errors import MicroexpError, OutputError
 from server.geometry import project, rotation_matrix
+from server.raster import rasterise
 
 DEFAULT_AUS = (
     "AU1_inner_brow_raise",
@@ -200,7 +201,7 @@ class FaceWarper:
         """points2d (V, 2) base projection in pixels, depth (V,) distance from the camera, faces (F, 3)."""
         width, height = size
         self.size = size
-        tri_id, bary = _rasterise(points2d, depth, faces, width, height)
+        tri_id, bary = rasterise(points2d, depth, faces, width, height)
         covered = tri_id >= 0
         self.pix = np.nonzero(covered.ravel())[0]  # (M,)
         self.corners = faces[tri_id.ravel()[self.pix]]  # (M, 3)
@@ -244,41 +245,6 @@ class FaceWarper:
             at_src = cv2.remap(disp, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             src = self.grid - at_src
         return cv2.remap(image, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-
-def _rasterise(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int,
-               height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Z-buffered triangle ids (H, W) int (-1 = none) and barycentrics (H, W, 3) of a projected mesh."""
-    tri_id = np.full((height, width), -1, np.int64)
-    bary = np.zeros((height, width, 3), np.float32)
-    zbuf = np.full((height, width), np.inf, np.float32)
-    p = points2d.astype(np.float64)
-    for f, (a, b, c) in enumerate(faces):
-        pa, pb, pc = p[a], p[b], p[c]
-        lo, hi = np.minimum(np.minimum(pa, pb), pc), np.maximum(np.maximum(pa, pb), pc)
-        x0, x1 = max(0, math.floor(lo[0])), min(width - 1, math.ceil(hi[0]))
-        y0, y1 = max(0, math.floor(lo[1])), min(height - 1, math.ceil(hi[1]))
-        if x1 < x0 or y1 < y0:
-            continue
-        den = (pb[1] - pc[1]) * (pa[0] - pc[0]) + (pc[0] - pb[0]) * (pa[1] - pc[1])
-        if abs(den) < 1e-9:
-            continue
-        ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
-        xs_f, ys_f = xs + 0.0, ys + 0.0
-        l1 = ((pb[1] - pc[1]) * (xs_f - pc[0]) + (pc[0] - pb[0]) * (ys_f - pc[1])) / den
-        l2 = ((pc[1] - pa[1]) * (xs_f - pc[0]) + (pa[0] - pc[0]) * (ys_f - pc[1])) / den
-        l3 = 1.0 - l1 - l2
-        inside = (l1 >= -1e-6) & (l2 >= -1e-6) & (l3 >= -1e-6)
-        if not inside.any():
-            continue
-        z = l1 * depth[a] + l2 * depth[b] + l3 * depth[c]
-        yy, xx = ys[inside], xs[inside]
-        closer = z[inside] < zbuf[yy, xx]
-        yy, xx = yy[closer], xx[closer]
-        zbuf[yy, xx] = z[inside][closer]
-        tri_id[yy, xx] = f
-        bary[yy, xx] = np.stack([l1[inside][closer], l2[inside][closer], l3[inside][closer]], axis=-1)
-    return tri_id, bary
 
 
 # --------------------------------------------------------------------------------------------------- the clip

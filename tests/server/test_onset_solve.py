@@ -75,7 +75,7 @@ def test_solve_reads_the_expression_change_from_the_flow_not_the_landmark_noise(
     assert float((solved.translation - clip.translation).abs().max()) < 5e-4
     rep = solved.report
     assert rep["steps"] == 260 and rep["pairs"] == T - 1
-    assert rep["losses"]["flow_final"] < rep["losses"]["flow_initial"]
+    assert rep["losses"]["data_final"] < rep["losses"]["data_initial"]
 
 
 def test_unusable_flow_ends_in_one_sentence() -> None:
