@@ -37,9 +37,14 @@ class MICROEXP_PG_settings(PropertyGroup):
         name="Flow", description="Optical flow used by the refinement",
         items=[("fast", "Fast", "Quick optical flow"), ("tvl1", "TV-L1", "The paper's TV-L1 flow (slower)")],
         default="fast")
-    refine: BoolProperty(  # type: ignore[valid-type]
-        name="Refine Micro-expressions",
-        description="Run the refinement stages (off: coarse landmark fit only, much faster)", default=True)
+    stages: EnumProperty(  # type: ignore[valid-type]
+        name="Reconstruction", description="How far the reconstruction goes",
+        items=[("coarse", "Landmark Fit", "Coarse landmark fit only: fastest, misses most micro-motion"),
+               ("solve", "Flow Solve", "+ the onset-relative motion solve from the optical flow, no networks "
+                                       "(about 10 s per 100 frames)"),
+               ("full", "Full Model", "+ the paper's networks: dynamic-encoded module and mesh deformation with "
+                                      "detail shape keys (about 45 s per 100 frames)")],
+        default="full")
     target: EnumProperty(  # type: ignore[valid-type]
         name="Target", items=[("NEW", "New Rig", "Import the result as a new rig"),
                               ("UPDATE", "Update Rig", "Replace an earlier take's rig with the result")],

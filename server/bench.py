@@ -117,7 +117,7 @@ def bench_server(work: Path, frames: int, clips: int) -> str:
 
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("coarse fit only", "coarse", {}),
-    ("onset-relative flow solve (no networks)", "dem", {"iterations": 0}),
+    ("onset-relative flow solve (no networks)", "solve", {}),
     ("+ dynamic-encoded module", "dem", {}),
     ("full (+ mesh deformation)", "full", {}),
     ("full without motion features", "full", {"use_motion_features": False}),

@@ -40,7 +40,7 @@ def main_demo(argv: list[str]) -> int:
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stages", default="full", choices=["coarse", "dem", "full"])
+    p.add_argument("--stages", default="full", choices=["coarse", "solve", "dem", "full"])
     p.add_argument("--no-blend", action="store_true", help="skip demo.blend")
     args = p.parse_args(argv)
 

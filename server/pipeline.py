@@ -33,7 +33,8 @@ class ReconstructOptions:
     flow: str = "fast"
     """Optical flow: 'tvl1' (the paper's, slow) or 'fast' (DIS)."""
     stages: str = "full"
-    """How far to go: 'coarse' (landmark fit), 'dem' (+ dynamic-encoded module), 'full' (+ mesh deformation)."""
+    """How far to go: 'coarse' (landmark fit), 'solve' (+ the onset-relative flow solve, no networks), 'dem'
+    (+ dynamic-encoded module), 'full' (+ mesh deformation)."""
     cache_dir: str | None = None
     checkpoint: str | None = None
     """A trained checkpoint to start the refinement from (then fine-tuned on the clip)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -677,8 +677,9 @@ def refine(
     config: RefineConfig | None = None, progress: Progress | None = None, cancel: Cancel | None = None,
     checkpoint: str | Path | None = None,
 ) -> Refined:
-    """Refine a coarse fit: 'dem' re-estimates expressions (eq. 4-6); 'full' also adds rest-space vertex offsets
-    (eq. 7-22), both networks optimised jointly on the clip's self-supervised losses.
+    """Refine a coarse fit: 'solve' stops after the onset-relative motion solve (no networks: expression, root pose
+    and translation from the anchored flow); 'dem' re-estimates expressions (eq. 4-6); 'full' also adds rest-space
+    vertex offsets (eq. 7-22), both networks optimised jointly on the clip's self-supervised losses.
 
     Per-clip mode: networks start at the identity (zero last layers: output = coarse fit) or at `checkpoint`, and
     Adam runs on random runs of `batch_frames` frames until `iterations`, `time_budget_s` or a loss plateau.
@@ -700,8 +701,10 @@ def refine(
 def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stages: str, cfg: RefineConfig,
             progress: Progress | None, cancel: Cancel | None, checkpoint: str | Path | None) -> Refined:
     t_start = time.perf_counter()
-    if stages not in ("dem", "full"):
-        raise ValueError(f"Unknown refinement stages '{stages}': use 'dem' or 'full'.")
+    if stages not in ("solve", "dem", "full"):
+        raise ValueError(f"Unknown refinement stages '{stages}': use 'solve', 'dem' or 'full'.")
+    if stages == "solve":  # the DEM at zero iterations returns its base exactly: the solve's result
+        cfg = replace(cfg, iterations=0, onset_solve=True)
     device = resolve_device(cfg.device)
     nets, cfg, ckpt = build_nets(model, cfg, checkpoint, device)
     model = model.to(device)

@@ -63,7 +63,7 @@ class JobController:
             frames = (scene_settings.frame_first, scene_settings.frame_last + 1)
         fields: dict[str, Any] = {
             "clip": clip, "model": srv.model, "frames": frames, "flow": scene_settings.flow,
-            "stages": "full" if scene_settings.refine else "coarse",
+            "stages": scene_settings.stages,
             "cache_dir": str(Path(srv.cache_dir) / "preprocess"),
         }
         job_dir, job_json, _spec = jobs.prepare_job(srv.cache_dir, fields)

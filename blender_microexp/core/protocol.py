@@ -22,7 +22,7 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 EVENT_TYPES = ("hello", "stage", "progress", "warning", "error", "done", "cancelled")
-STAGE_CHOICES = ("coarse", "dem", "full")
+STAGE_CHOICES = ("coarse", "solve", "dem", "full")
 FLOW_CHOICES = ("tvl1", "fast")
 
 

@@ -28,7 +28,7 @@ class MICROEXP_PT_reconstruct(Panel):
             row.prop(settings, "frame_first")
             row.prop(settings, "frame_last")
         col.prop(settings, "flow")
-        col.prop(settings, "refine")
+        col.prop(settings, "stages")
         col.prop(settings, "frame_start")
         col.prop(settings, "target", expand=True)
         if settings.target == "UPDATE":

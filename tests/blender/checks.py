@@ -7,6 +7,7 @@ The add-on must be enabled (see enable_addon) before they run.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -246,13 +247,14 @@ def check_save_and_reopen(tmp: Path) -> None:
     assert bpy.data.objects["take_saved_root"].microexp_take.take_id == take.header["id"]
 
 
-def run_operator_job(tmp: Path, mode: str, frames: int = 6) -> tuple[set[str], Any]:
+def run_operator_job(tmp: Path, mode: str, frames: int = 6, stages: str = "full") -> tuple[set[str], Any]:
     """Run microexp.run_job (blocking execute) against a fake server; returns (result, job state)."""
     fresh_file()
     set_server(FAKE_DIR, cache_dir=tmp / "cache")
     clip = tmp / "clip_face.mp4"
     clip.write_bytes(b"not decoded by the fake server")
     bpy.context.scene.microexp.clip = str(clip)
+    bpy.context.scene.microexp.stages = stages
     os.environ["MICROEXP_FAKE_MODE"] = mode
     os.environ["MICROEXP_FAKE_FRAMES"] = str(frames)
     try:
@@ -263,8 +265,13 @@ def run_operator_job(tmp: Path, mode: str, frames: int = 6) -> tuple[set[str], A
 
 
 def check_operator_job_imports(tmp: Path) -> None:
-    result, state = run_operator_job(tmp, "ok", frames=7)
+    result, state = run_operator_job(tmp, "ok", frames=7, stages="solve")
     assert result == {"FINISHED"}, state.last_message
+    from blender_microexp.core.jobs import JOB_NAME
+    from blender_microexp.core.protocol import JobSpec
+
+    spec = JobSpec.from_dict(json.loads((Path(state.job_dir) / JOB_NAME).read_text(encoding="utf-8")))
+    assert spec.stages == "solve"  # the panel's choice reaches the server
     assert not state.running and "Imported MicroExp clip_face" in state.last_message
     assert "MicroExp clip_face" in bpy.data.collections
     assert len(bpy.data.objects["clip_face_head"].data.vertices) == 150

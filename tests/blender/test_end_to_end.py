@@ -30,7 +30,7 @@ def test_reconstruct_made_clip_and_import(tmp_path: Path) -> None:
     checks.set_server(ROOT, python=str(SERVER_PYTHON), cache_dir=tmp_path / "cache")
     settings = bpy.context.scene.microexp
     settings.clip = str(clip)
-    settings.refine = True
+    settings.stages = "full"
     settings.flow = "fast"
     result, message = checks.call_operator(bpy.ops.microexp.run_job)
     state = bpy.context.window_manager.microexp_job

@@ -102,6 +102,13 @@ def test_zero_iterations_returns_the_networks_starting_point(toy: Any) -> None:
     assert np.abs(solved.displacement).max() == 0
     np.testing.assert_allclose(solved.expression[0], coarse.expression[0], atol=1e-6)  # frame 0: the reference
     assert solved.report["onset_solve"]["steps"] == FAST.solve_rigid_steps + FAST.solve_steps
+    # Stage 'solve' is exactly that starting point, whatever the iteration budget, and says so in its report.
+    only = refine(model, pre, coarse, "solve", replace(FAST, iterations=50))
+    np.testing.assert_array_equal(only.expression, solved.expression)
+    np.testing.assert_array_equal(only.pose, solved.pose)
+    np.testing.assert_array_equal(only.translation, solved.translation)
+    assert np.abs(only.displacement).max() == 0
+    assert only.report["stages"] == "solve" and only.report["iterations"] == 0
 
 
 def test_rigid_jitter_is_removed_by_the_flow(toy: Any) -> None:
