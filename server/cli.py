@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--checkpoint", default=None, help="a checkpoint from `train` to start the refinement from")
     rc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rc.add_argument("--time-budget", dest="time_budget_s", type=float, default=None,
-                    help="seconds for the networks' per-clip optimisation loop (the onset solve's fixed "
-                         "steps, ~10 s per 100 frames of the built-in head, come on top)")
+                    help="most seconds for the networks' per-clip optimisation loop (default 45; it stops "
+                         "earlier after its 150 steps; the onset solve's fixed steps, ~10 s per 100 frames of the "
+                         "built-in head, come on top)")
     rc.add_argument("--no-preview", action="store_true")
     return p
 
