@@ -132,6 +132,7 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
         return psi, pose, clip.translation + r[:, 3:] * 1e-3
 
     photometry = clip.photometry
+
     def data_loss(with_expression: bool) -> torch.Tensor:
         """Anchored flow + photometric (× w_photo, when the clip has its samples)."""
         nonlocal visible

@@ -57,7 +57,8 @@ def rasterise(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, width:
 
 
 class AnchoredPhotometry:
-    """Surface points seen in each anchor frame's crop, and their grey values, for `photometric_loss`.
+    """Surface points seen in each anchor frame's crop, and their grey values: the onset-anchored photometric term
+    (`loss`).
 
     Built once per clip from the anchors' meshes. For P anchored pairs (anchor a_k, frame t_k) and at most M
     sampled pixels per anchor: corners (P, M, 3) vertex ids, bary (P, M, 3), reference (P, M) grey values of crop
