@@ -767,7 +767,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
             break
     t_opt = time.perf_counter()
     nets.eval()
-    final = objective.evaluate(stages)
+    final = objective.evaluate(stages) if it > 0 else dict(initial)  # nothing moved: the same whole-clip pass
     psi, disp = objective.infer(stages)
     all_frames = torch.arange(clip.n_frames, device=device)
     pose = objective.pose(all_frames).detach()
