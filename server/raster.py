@@ -132,9 +132,10 @@ def _brightness(values: torch.Tensor, reference: torch.Tensor, w: torch.Tensor) 
     return gain, mr - gain * mv
 
 
-def gray_crops(crops: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB crops -> (T, H, W) float32 grey levels 0-255, Gaussian-blurred by `sigma` px."""
+def gray_crops(crops: np.ndarray, sigma: float = 1.0, dtype: type = np.float32) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB crops -> (T, H, W) grey levels 0-255, Gaussian-blurred by `sigma` px: float32 for the
+    photometric term, uint8 (blurred in uint8) for the anchored DIS flow."""
     import cv2
 
-    return np.stack([cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY).astype(np.float32),
+    return np.stack([cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY).astype(dtype),
                                       (0, 0), sigma) for c in crops])

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -427,8 +426,7 @@ class ClipTensors:
             # Frames far apart differ in exposure (flicker) and sensor noise more than adjacent ones: a light blur
             # and matching each frame's brightness to its anchor's lowered the truth mesh's anchored residual from
             # 0.088 to 0.077 px while a motionless mesh's stayed at 0.10 (docs/model.md).
-            grays = [cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY), (0, 0), 1.0)
-                     for x in crops]
+            grays = gray_crops(crops, 1.0, np.uint8)
         for k, (a, t, _) in enumerate(pairs):
             if cum is not None:
                 f = (cum[t] - cum[a])[None].cpu()
