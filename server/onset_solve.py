@@ -28,7 +28,6 @@ import torch
 from server import losses as L
 from server.errors import Cancelled, ClipError
 from server.geometry import project, to_world
-from server.raster import AnchoredPhotometry
 
 if TYPE_CHECKING:
     from server.headmodel import HeadModel
@@ -76,25 +75,6 @@ def sample_vertices(mask: torch.Tensor, limit: int) -> torch.Tensor:
     out = torch.zeros_like(mask)
     out[keep] = True
     return out
-
-
-def anchored_photometry(model: HeadModel, topo: HeadTopology, clip: ClipTensors, stride: int) -> AnchoredPhotometry:
-    """The photometric samples of every anchor frame, rasterised from the clip's current per-frame estimate (the
-    coarse fit before the solve): which surface point a pixel shows need not be exact, only followed consistently."""
-    assert clip.gray is not None
-    psi, pose, trans = clip.expression, clip.pose, clip.translation
-    anchors = sorted(set(clip.pair_anchor.tolist()))
-    idx = torch.as_tensor(anchors, device=psi.device)
-    with torch.no_grad():
-        world = to_world(model(clip.shape[None].expand(len(anchors), -1), psi[idx], pose[idx]).vertices,
-                         pose[idx, 0], trans[idx])
-        px = L.image_to_crop(project(world, clip.camera), clip.boxes[idx]).cpu().numpy()
-        depth = (-world[..., 2]).cpu().numpy()
-    faces = topo.faces.cpu().numpy()
-    face_triangles = topo.face_mask.cpu().numpy()[faces].all(axis=1)
-    return AnchoredPhotometry(clip.gray, {a: px[i] for i, a in enumerate(anchors)},
-                              {a: depth[i] for i, a in enumerate(anchors)}, faces, face_triangles,
-                              clip.pair_anchor, clip.pair_frame, stride=stride)
 
 
 def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, cfg: RefineConfig,

@@ -14,11 +14,17 @@ form per pair. Unlike the flow terms it compares the images themselves, with no 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from server import losses as L
+from server.geometry import project, to_world
+
+if TYPE_CHECKING:
+    from server.headmodel import HeadModel
+    from server.refine import ClipTensors, HeadTopology
 
 
 def rasterise(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int,
@@ -60,9 +66,10 @@ class AnchoredPhotometry:
     """Surface points seen in each anchor frame's crop, and their grey values: the onset-anchored photometric term
     (`loss`).
 
-    Built once per clip from the anchors' meshes. For P anchored pairs (anchor a_k, frame t_k) and at most M
-    sampled pixels per anchor: corners (P, M, 3) vertex ids, bary (P, M, 3), reference (P, M) grey values of crop
-    a_k at the pixel, valid (P, M) bool, frame (P,) long = t_k; `gray` (T, H, W) is every frame's blurred grey crop.
+    Built once per clip from the anchors' meshes. For A anchors and at most M sampled pixels each: corners (A, M, 3)
+    vertex ids, bary (A, M, 3), reference (A, M) grey values of the anchor's crop at the pixel, valid (A, M) bool;
+    for P anchored pairs (anchor a_k, frame t_k): anchor_row (P,) the row of a_k, frame (P,) = t_k. `gray`
+    (T, H, W) is every frame's blurred grey crop.
     """
 
     def __init__(self, gray: torch.Tensor, anchor_px: dict[int, np.ndarray], anchor_depth: dict[int, np.ndarray],
@@ -84,16 +91,17 @@ class AnchoredPhotometry:
             ys, xs = np.nonzero(keep)
             per_anchor[a] = (faces[tri[ys, xs]], bary[ys, xs], gray[a, ys, xs].cpu().numpy())
         m = max([len(v[0]) for v in per_anchor.values()], default=0)
-        anchors = pair_anchor.tolist()
-        n_pairs = len(anchors)
-        corners = np.zeros((n_pairs, m, 3), np.int64)
-        bary_all = np.zeros((n_pairs, m, 3), np.float32)
-        reference = np.zeros((n_pairs, m), np.float32)
-        valid = np.zeros((n_pairs, m), bool)
-        for k, a in enumerate(anchors):
+        anchors = list(per_anchor)
+        corners = np.zeros((len(anchors), m, 3), np.int64)
+        bary_all = np.zeros((len(anchors), m, 3), np.float32)
+        reference = np.zeros((len(anchors), m), np.float32)
+        valid = np.zeros((len(anchors), m), bool)
+        for j, a in enumerate(anchors):
             c, b, r = per_anchor[a]
-            corners[k, :len(c)], bary_all[k, :len(c)], reference[k, :len(c)], valid[k, :len(c)] = c, b, r, True
+            corners[j, :len(c)], bary_all[j, :len(c)], reference[j, :len(c)], valid[j, :len(c)] = c, b, r, True
         dev = gray.device
+        self.anchor_row = torch.as_tensor([anchors.index(a) for a in pair_anchor.tolist()], dtype=torch.long,
+                                          device=dev)
         self.corners = torch.as_tensor(corners, device=dev)
         self.bary = torch.as_tensor(bary_all, device=dev)
         self.reference = torch.as_tensor(reference, device=dev)
@@ -106,7 +114,8 @@ class AnchoredPhotometry:
         pixels. rows (P',) long: the pairs to use (all when None); frame_px (P', V, 2): each one's frame-t mesh in
         crop pixels; weight (P',) their pair weights."""
         sel = slice(None) if rows is None else rows
-        corners, bary, reference, valid = self.corners[sel], self.bary[sel], self.reference[sel], self.valid[sel]
+        row = self.anchor_row[sel]
+        corners, bary, reference, valid = self.corners[row], self.bary[row], self.reference[row], self.valid[row]
         batch = torch.arange(frame_px.shape[0], device=frame_px.device)[:, None, None]
         pts = (bary[..., None] * frame_px[batch, corners]).sum(-2)  # (P', M, 2)
         height, width = self.gray.shape[-2:]
@@ -119,6 +128,25 @@ class AnchoredPhotometry:
         resid = gain[:, None] * values + offset[:, None] - reference
         wt = w * weight[:, None]
         return (L.charbonnier(resid, eps) * wt).sum() / wt.sum().clamp_min(1.0)
+
+
+def anchored_photometry(model: HeadModel, topo: HeadTopology, clip: ClipTensors, stride: int) -> AnchoredPhotometry:
+    """The photometric samples of every anchor frame, rasterised from the clip's current per-frame estimate (the
+    coarse fit before the solve): which surface point a pixel shows need not be exact, only followed consistently."""
+    assert clip.gray is not None
+    psi, pose, trans = clip.expression, clip.pose, clip.translation
+    anchors = sorted(set(clip.pair_anchor.tolist()))
+    idx = torch.as_tensor(anchors, device=psi.device)
+    with torch.no_grad():
+        world = to_world(model(clip.shape[None].expand(len(anchors), -1), psi[idx], pose[idx]).vertices,
+                         pose[idx, 0], trans[idx])
+        px = L.image_to_crop(project(world, clip.camera), clip.boxes[idx]).cpu().numpy()
+        depth = (-world[..., 2]).cpu().numpy()
+    faces = topo.faces.cpu().numpy()
+    face_triangles = topo.face_mask.cpu().numpy()[faces].all(axis=1)
+    return AnchoredPhotometry(clip.gray, {a: px[i] for i, a in enumerate(anchors)},
+                              {a: depth[i] for i, a in enumerate(anchors)}, faces, face_triangles,
+                              clip.pair_anchor, clip.pair_frame, stride=stride)
 
 
 def _brightness(values: torch.Tensor, reference: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,14 +31,8 @@ from server.models.deformation import (
 )
 from server.models.dem import DynamicEncodedModule, window_starts
 from server.models.graph import MeshGraph
-from server.onset_solve import (
-    anchored_photometry,
-    cosine_lr,
-    millimetres_per_unit,
-    solve_onset_motion,
-    sparse_prior,
-)
-from server.raster import AnchoredPhotometry, gray_crops
+from server.onset_solve import cosine_lr, millimetres_per_unit, solve_onset_motion, sparse_prior
+from server.raster import AnchoredPhotometry, anchored_photometry, gray_crops
 
 if TYPE_CHECKING:
     from server.headmodel import HeadModel
