@@ -41,7 +41,8 @@ class FlowEstimator:
     def __call__(self, prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
         """prev, next_ (H, W, 3) RGB or (H, W) gray uint8 -> flow (H, W, 2) float32 with next_(p + flow) ~ prev(p)."""
         if self._impl is None:  # Farnebäck: pyramid scale 0.5, 4 levels, window 7, 10 iterations, poly_n 5, σ 1.1
-            out = cv2.calcOpticalFlowFarneback(_gray(prev), _gray(next_), None, 0.5, 4, 7, 10, 5, 1.1, 0)
+            a, b = _gray(prev), _gray(next_)
+            out = cv2.calcOpticalFlowFarneback(a, b, np.zeros((*a.shape, 2), np.float32), 0.5, 4, 7, 10, 5, 1.1, 0)
         else:
             out = self._impl.calc(_gray(prev), _gray(next_), None)
         return np.asarray(out, dtype=np.float32)
