@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -17,8 +18,14 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
+def _farneback(prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
+    """Farnebäck on two grey images: pyramid scale 0.5, 4 levels, window 7, 10 iterations, poly_n 5, σ 1.1 (the
+    output array is not read as a guess: flags 0)."""
+    return cv2.calcOpticalFlowFarneback(prev, next_, np.zeros((*prev.shape, 2), np.float32), 0.5, 4, 7, 10, 5, 1.1, 0)
+
+
 class FlowEstimator:
-    """Holds one OpenCV flow object so a clip's pairs reuse it.
+    """One flow method, set up once so a clip's pairs reuse its OpenCV object (TV-L1, DIS).
 
     "tvl1": cv2.optflow.DualTVL1OpticalFlow with OpenCV's defaults (the paper's TV-L1; ~0.4 s per 224x224 pair).
     "fast": DIS optical flow, medium preset (a few ms per pair).
@@ -32,20 +39,17 @@ class FlowEstimator:
         if mode not in ESTIMATOR_MODES:
             raise ValueError(f"Unknown flow mode {mode!r}; use one of {', '.join(ESTIMATOR_MODES)}.")
         self.mode = mode
-        self._impl: Any = None
+        self._calc: Callable[[np.ndarray, np.ndarray], Any] = _farneback
         if mode == "tvl1":
-            self._impl = cv2.optflow.DualTVL1OpticalFlow_create()  # type: ignore[attr-defined]  # contrib, no stub
+            tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()  # type: ignore[attr-defined]  # contrib, no stub
+            self._calc = lambda a, b: tvl1.calc(a, b, None)
         elif mode == "fast":
-            self._impl = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+            dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+            self._calc = lambda a, b: dis.calc(a, b, None)
 
     def __call__(self, prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
         """prev, next_ (H, W, 3) RGB or (H, W) gray uint8 -> flow (H, W, 2) float32 with next_(p + flow) ~ prev(p)."""
-        if self._impl is None:  # Farnebäck: pyramid scale 0.5, 4 levels, window 7, 10 iterations, poly_n 5, σ 1.1
-            a, b = _gray(prev), _gray(next_)
-            out = cv2.calcOpticalFlowFarneback(a, b, np.zeros((*a.shape, 2), np.float32), 0.5, 4, 7, 10, 5, 1.1, 0)
-        else:
-            out = self._impl.calc(_gray(prev), _gray(next_), None)
-        return np.asarray(out, dtype=np.float32)
+        return np.asarray(self._calc(_gray(prev), _gray(next_)), dtype=np.float32)
 
 
 def flow(prev: np.ndarray, next_: np.ndarray, mode: str = "fast") -> np.ndarray:
