@@ -166,3 +166,25 @@ def test_anchored_pairs_follow_the_dem_windows_and_cross_fade() -> None:
     k = int(((clip.pair_anchor == 12) & (clip.pair_frame == 20)).nonzero()[0, 0])
     want = torch.nn.functional.adaptive_avg_pool2d(clip.flow[12:20].sum(0, keepdim=True), 112)[0]
     torch.testing.assert_close(clip.anchored[k].float(), want, atol=2e-3, rtol=1e-2)
+
+
+def test_expression_priors_reach_every_frame_of_the_clip(toy: Any) -> None:
+    """With `expression_priors_on='clip'` a step's expression prior covers the frames outside its run too: the DEM's
+    weights are shared, so a step also moves those frames, and this is what pulls them back (docs/model.md)."""
+    from server.refine import ClipObjective, build_nets, prepare_clip
+
+    model, pre, coarse, _ = toy
+    cfg = replace(FAST, onset_solve=False, w_expr=0.0, w_sparse=0.0, w_temporal_expr=0.0)
+    device = torch.device("cpu")
+    nets, cfg, _ = build_nets(model, cfg, None, device)
+    clip, topo, _ = prepare_clip(model, pre, coarse, cfg, device)
+    with torch.no_grad():  # move the DEM off its base: ψ now differs from the prior on every frame
+        for p in nets.dem.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        psi = nets.dem(clip.flow_small, clip.expression)
+    gap = (psi - clip.expression_prior).pow(2).sum(-1)  # (T,)
+    assert float(gap[4:].min()) > 0
+    for where, want in (("clip", gap.mean()), ("batch", gap[:4].mean())):
+        objective = ClipObjective(model, topo, clip, nets, replace(cfg, expression_priors_on=where))
+        terms = objective.losses(0, 4, "dem")
+        torch.testing.assert_close(terms["expr_coarse"].detach(), cfg.w_expr_coarse * want)
