@@ -127,8 +127,9 @@ class RefineConfig:
     only the step's frames, as the data terms. The DEM's weights are shared by all frames, so a step on one run of
     frames also moves every other frame's ψ; with the priors on the run alone nothing pulled those back, and the
     DEM drifted from the onset solve (in-basis bench clips, stage 'dem': 0.549 / 0.961 / 0.619 with 'batch',
-    0.498 / 0.858 / 0.547 with 'clip', the solve alone 0.483 / 0.841 / 0.544; docs/model.md). Window scope
-    (`train`) always uses the batch."""
+    0.498 / 0.858 / 0.547 with 'clip', the solve alone 0.483 / 0.841 / 0.544; docs/model.md). Each term is a mean
+    over the frames it covers, so a frame's prior weight per step is 1/T instead of 1/batch while in the run: the
+    same over the steps in expectation. Window scope (`train`) always uses the batch."""
     flow_face_only: bool = True
     """Flow consistency only on vertices of the 8 face regions (the rest is hair, ears, neck: less reliable flow)."""
     w_flow: float = 1.0
