@@ -40,8 +40,12 @@ class DetailBasis:
 
 
 def detail_basis(displacement: np.ndarray, energy: float = 0.99, max_components: int = 16,
-                 min_norm: float = 1e-7) -> DetailBasis:
-    """SVD of displacements (T, V, 3): the fewest components keeping `energy` of the squared norm, capped.
+                 min_norm: float = 1e-7, min_peak: float = 1e-5) -> DetailBasis:
+    """SVD of displacements (T, V, 3) in metres: the fewest components keeping `energy` of the squared norm, capped,
+    less those whose largest offset of any vertex in any frame is under `min_peak` (0.01 mm: invisible at any
+    scale, while a micro-expression moves the skin 0.3-3 mm). At its defaults the per-clip mesh deformation leaves
+    offsets of ~0.001 mm (docs/model.md), noise whose energy spreads over many components: without the floor it
+    filled every take with the cap's 16 detail shape keys that move nothing.
 
     Not mean-centred: a displacement held over the whole clip is one component like any other.
     """
@@ -56,12 +60,15 @@ def detail_basis(displacement: np.ndarray, energy: float = 0.99, max_components:
     k = max(1, min(k, max_components, len(s)))
     weights = u[:, :k] * s[:k]  # (T, K)
     scale = np.abs(weights).max(axis=0)
+    peak = scale * np.linalg.norm(vt[:k].reshape(k, v, 3), axis=-1).max(axis=1)  # largest offset per component
+    keep = np.flatnonzero(peak >= min_peak)
+    weights, scale = weights[:, keep], scale[keep]
     scale[scale == 0] = 1.0
-    basis = vt[:k] * scale[:, None]
+    basis = vt[keep] * scale[:, None]
     return DetailBasis(
-        basis=basis.reshape(k, v, 3).astype(np.float32),
+        basis=basis.reshape(len(keep), v, 3).astype(np.float32),
         weights=(weights / scale).astype(np.float32),
-        energy_kept=float(cum[k - 1]),
+        energy_kept=float((s[keep] ** 2).sum() / total),
     )
 
 

@@ -69,3 +69,18 @@ def test_detail_basis_keeps_the_energy_it_promises_and_is_capped() -> None:
     capped = detail_basis(rng.normal(size=(40, 50, 3)), max_components=5)
     assert capped.basis.shape[0] == 5 and capped.energy_kept < 0.99
     assert detail_basis(np.zeros((4, 50, 3))).basis.shape[0] == 0
+
+
+def test_detail_basis_leaves_out_components_too_small_to_see() -> None:
+    """Offsets of ~1 µm (what the per-clip deformation leaves at its defaults) make no detail shape key; a 1 mm
+    motion beside them makes one, and the noise's share of the energy is reported as not kept."""
+    rng = np.random.default_rng(3)
+    noise = 1e-6 * rng.normal(size=(60, 50, 3))  # metres
+    assert detail_basis(noise).basis.shape[0] == 0
+    assert detail_basis(noise).energy_kept < 0.01
+    bump = np.zeros((60, 50, 3))
+    bump[20:30, :5, 1] = 1e-3  # 1 mm on 5 vertices for 10 frames
+    both = detail_basis(bump + noise)
+    assert both.basis.shape[0] == 1
+    assert 0.9 < both.energy_kept < 1.0
+    np.testing.assert_allclose(both.reconstruct(), bump, atol=2e-5)
