@@ -40,7 +40,7 @@ class DetailBasis:
 
 
 def detail_basis(displacement: np.ndarray, energy: float = 0.99, max_components: int = 16,
-                 min_norm: float = 1e-7, min_peak: float = 1e-5) -> DetailBasis:
+                 min_peak: float = 1e-5) -> DetailBasis:
     """SVD of displacements (T, V, 3) in metres: the fewest components keeping `energy` of the squared norm, capped,
     less those whose largest offset of any vertex in any frame is under `min_peak` (0.01 mm: invisible at any
     scale, while a micro-expression moves the skin 0.3-3 mm). At its defaults the per-clip mesh deformation leaves
@@ -52,7 +52,7 @@ def detail_basis(displacement: np.ndarray, energy: float = 0.99, max_components:
     t, v, _ = displacement.shape
     flat = displacement.reshape(t, -1).astype(np.float64)
     total = float((flat**2).sum())
-    if total <= (min_norm**2) * t * v:
+    if total == 0.0:  # nothing to decompose (components too small to see are left out below)
         return DetailBasis(np.zeros((0, v, 3), np.float32), np.zeros((t, 0), np.float32), 1.0)
     u, s, vt = np.linalg.svd(flat, full_matrices=False)
     cum = np.cumsum(s**2) / total
