@@ -162,7 +162,7 @@ def _brightness(values: torch.Tensor, reference: torch.Tensor, w: torch.Tensor) 
 
 def gray_crops(crops: np.ndarray, sigma: float = 1.0, dtype: type = np.float32) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB crops -> (T, H, W) grey levels 0-255, Gaussian-blurred by `sigma` px: float32 for the
-    photometric term, uint8 (blurred in uint8) for the anchored DIS flow."""
+    photometric term, uint8 (blurred in uint8) for the anchored flow (`server.refine`)."""
     import cv2
 
     return np.stack([cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY).astype(dtype),
