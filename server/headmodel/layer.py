@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -16,13 +17,23 @@ class HeadOutput:
     """A batch of evaluated heads, all in head coordinates (root rotation and translation not applied).
 
     vertices (B, V, 3), joints (B, J, 3) posed joint positions, landmarks68 (B, 68, 3), landmarks_mp (B, N, 3)
-    (the MediaPipe points named by `HeadModelData.mp_indices`).
+    (the MediaPipe points named by `HeadModelData.mp_indices`). The landmarks are embedded in the mesh when first
+    read: the flow terms never read them, and embedding them cost the onset solve ~15 % of its time.
     """
 
     vertices: torch.Tensor
     joints: torch.Tensor
-    landmarks68: torch.Tensor
-    landmarks_mp: torch.Tensor
+    model: HeadModel = field(repr=False)
+
+    @cached_property
+    def landmarks68(self) -> torch.Tensor:
+        m = self.model
+        return lbs.embed_points(self.vertices, m.faces, m.lmk68_faces, m.lmk68_bary)
+
+    @cached_property
+    def landmarks_mp(self) -> torch.Tensor:
+        m = self.model
+        return lbs.embed_points(self.vertices, m.faces, m.mp_faces, m.mp_bary)
 
 
 class HeadModel(nn.Module):
@@ -171,12 +182,7 @@ class HeadModel(nn.Module):
             rest = rest + offsets
         joints, transforms = lbs.rigid_transforms(rot_mats, joints_rest, self.parents)
         vertices = lbs.skin(rest, self.weights, transforms)
-        return HeadOutput(
-            vertices=vertices,
-            joints=joints,
-            landmarks68=lbs.embed_points(vertices, self.faces, self.lmk68_faces, self.lmk68_bary),
-            landmarks_mp=lbs.embed_points(vertices, self.faces, self.mp_faces, self.mp_bary),
-        )
+        return HeadOutput(vertices=vertices, joints=joints, model=self)
 
     def zeros(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Neutral inputs (shape (B, S), expression (B, E), pose (B, J, 3)) on this module's device."""
