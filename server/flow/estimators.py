@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ def _farneback(prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
 
 
 class FlowEstimator:
-    """One flow method, set up once so a clip's pairs reuse its OpenCV object (TV-L1, DIS).
+    """One flow method, set up once so a clip's pairs reuse its OpenCV object (TV-L1, DIS; one per thread).
 
     "tvl1": cv2.optflow.DualTVL1OpticalFlow with OpenCV's defaults (the paper's TV-L1; ~0.4 s per 224x224 pair).
     "fast": DIS optical flow, medium preset (a few ms per pair).
@@ -39,17 +40,25 @@ class FlowEstimator:
         if mode not in ESTIMATOR_MODES:
             raise ValueError(f"Unknown flow mode {mode!r}; use one of {', '.join(ESTIMATOR_MODES)}.")
         self.mode = mode
-        self._calc: Callable[[np.ndarray, np.ndarray], Any] = _farneback
-        if mode == "tvl1":
-            tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()  # type: ignore[attr-defined]  # contrib, no stub
-            self._calc = lambda a, b: tvl1.calc(a, b, None)
-        elif mode == "fast":
-            dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
-            self._calc = lambda a, b: dis.calc(a, b, None)
+        self._local = threading.local()  # OpenCV's TV-L1 and DIS objects keep state: one per calling thread
+
+    def _calc(self) -> Callable[[np.ndarray, np.ndarray], Any]:
+        if self.mode == "farneback":
+            return _farneback
+        calc: Callable[[np.ndarray, np.ndarray], Any] | None = getattr(self._local, "calc", None)
+        if calc is None:
+            if self.mode == "tvl1":
+                tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()  # type: ignore[attr-defined]  # contrib, no stub
+                calc = self._local.calc = lambda a, b: tvl1.calc(a, b, None)
+            else:
+                dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+                calc = self._local.calc = lambda a, b: dis.calc(a, b, None)
+        return calc
 
     def __call__(self, prev: np.ndarray, next_: np.ndarray) -> np.ndarray:
-        """prev, next_ (H, W, 3) RGB or (H, W) gray uint8 -> flow (H, W, 2) float32 with next_(p + flow) ~ prev(p)."""
-        return np.asarray(self._calc(_gray(prev), _gray(next_)), dtype=np.float32)
+        """prev, next_ (H, W, 3) RGB or (H, W) gray uint8 -> flow (H, W, 2) float32 with next_(p + flow) ~ prev(p).
+        Safe to call from several threads at once."""
+        return np.asarray(self._calc()(_gray(prev), _gray(next_)), dtype=np.float32)
 
 
 def flow(prev: np.ndarray, next_: np.ndarray, mode: str = "fast") -> np.ndarray:
