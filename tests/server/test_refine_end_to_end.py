@@ -31,7 +31,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     coarse_take = np.load(Path(coarse_run.take_dir) / "take.npz")
     truth = np.load(truth_path)
     return {"take": {k: take[k] for k in take.files}, "truth": {k: truth[k] for k in truth.files},
-            "coarse_vertices": result.coarse_vertices, "coarse_translation": coarse_take["translation"]}
+            "coarse_vertices": result.coarse_vertices, "coarse_translation": coarse_take["translation"],
+            "refine_report": result.header["metrics"]["refine"]}
 
 
 def micro_errors(made: dict[str, Any]) -> tuple[float, float]:
@@ -66,3 +67,14 @@ def test_refinement_removes_rigid_jitter(made: dict[str, Any]) -> None:
 
     refined, coarse = step_error(made["take"]["translation"]), step_error(made["coarse_translation"])
     assert refined < 0.8 * coarse, (refined, coarse)
+
+
+def test_the_solve_reads_the_flow_again_after_its_first_pass(made: dict[str, Any]) -> None:
+    """A textured clip gets the solve's second pass: the anchored flow re-estimated on crops warped by the first
+    pass's mesh (`ClipTensors.warp_anchored`), which the second pass then fits at least as well."""
+    solve = made["refine_report"]["onset_solve"]
+    first, second = solve["passes"]
+    assert second["reflow_seconds"] > 0
+    assert second["steps"] < first["steps"]  # the rigid-only stage runs in the first pass only
+    assert second["losses"]["data_final"] <= first["losses"]["data_final"] * 1.05, (first["losses"], second["losses"])
+    assert 0 < second["refit_support"] < 1
