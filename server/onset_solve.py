@@ -128,16 +128,23 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
         return psi, pose, clip.translation + r[:, 3:] * 1e-3
 
     photometry = clip.photometry
+    # Without the photometric term (which samples whole triangles) only the used vertices are evaluated, when they
+    # are fewer than the mesh's (FLAME: 1000 of 5023; the built-in head uses all of its 478).
+    subset = model.subset(used) if photometry is None and used.numel() < vertex_mask.numel() else None
 
     def data_loss(with_expression: bool) -> torch.Tensor:
         """Anchored flow + photometric (× w_photo, when the clip has its samples)."""
         nonlocal visible
         psi, pose, trans = state(with_expression)
-        world_all = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
         if visible is None:
             with torch.no_grad():
-                visible = L.facing_camera(world_all[pa], topo.faces)[:, used]
-        world = world_all[:, used]  # only the vertices the term uses are projected and sampled
+                full = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
+                visible = L.facing_camera(full[pa], topo.faces)[:, used]
+        if subset is not None:
+            world_all = world = to_world(subset(shape, psi, pose), pose[:, 0], trans)
+        else:
+            world_all = to_world(model(shape, psi, pose).vertices, pose[:, 0], trans)
+            world = world_all[:, used]  # only the vertices the term uses are projected and sampled
         loss = L.anchored_flow_loss(world[pa], world[pt], anchored, clip.boxes[pa], clip.boxes[pt], clip.camera,
                                     topo.faces, weight, None, cfg.flow_eps, 224, visible)
         if photometry is not None:

@@ -122,6 +122,23 @@ def test_batch_equals_singles(model: HeadModel) -> None:
         assert torch.allclose(batched.landmarks68[i], single.landmarks68[0], atol=1e-6)
 
 
+def test_a_vertex_subset_equals_the_same_vertices_of_the_whole_mesh(model: HeadModel) -> None:
+    """`HeadModel.subset` (the onset solve evaluates only the vertices its flow term uses) gives the whole mesh's
+    positions and gradients at those vertices, for a shape per frame and for one shape expanded over the batch."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.tensor([0, 7, 8, 31, 59])
+    expr = (torch.randn(3, 6, generator=g) * 0.5).requires_grad_()
+    pose = torch.randn(3, 5, 3, generator=g) * 0.2
+    for shape in (torch.randn(3, 4, generator=g), torch.randn(4, generator=g)[None].expand(3, -1)):
+        whole = model(shape, expr, pose).vertices[:, ids]
+        part = model.subset(ids)(shape, expr, pose)
+        assert part.shape == (3, 5, 3)
+        torch.testing.assert_close(part, whole, atol=1e-7, rtol=1e-6)
+        (grad_whole,) = torch.autograd.grad(whole.square().sum(), expr)
+        (grad_part,) = torch.autograd.grad(part.square().sum(), expr)
+        torch.testing.assert_close(grad_part, grad_whole, atol=1e-7, rtol=1e-5)
+
+
 def test_lbs_matches_a_per_vertex_reference(model: HeadModel) -> None:
     """The rigid chain by hand for a jaw vertex: R_neck (R_jaw (x - j_jaw) + j_jaw - j_neck) + j_neck."""
     data = small_model()

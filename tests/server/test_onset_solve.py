@@ -135,6 +135,32 @@ def test_warped_flow_reads_the_motion_a_smoothing_estimator_falls_short_of() -> 
     np.testing.assert_array_equal(warped_flow(estimator, prev, nxt, np.zeros_like(motion)), plain)
 
 
+def test_a_thinned_solve_evaluates_only_the_vertices_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `solve_max_vertices` below the face's vertex count (FLAME), the solve evaluates the head at the used
+    vertices only (`HeadModel.subset`); the result is the one the whole mesh gives."""
+    model = HeadModel(toy_head_data())
+    truth = np.zeros((T, model.num_expression), np.float32)
+    truth[:, 1] = np.clip(np.arange(T) / (0.6 * (T - 1)), 0, 1) * 2.0 / millimetres_per_unit(model).numpy()[1]
+    pre, coarse = make_toy_clip(model, np.zeros((T, model.num_vertices, 3), np.float32), truth)
+    cfg = replace(RefineConfig(), solve_rigid_steps=20, solve_steps=40, solve_refit_steps=20, solve_max_vertices=120)
+    clip = ClipTensors(pre, coarse, torch.device("cpu"), cfg)
+    topo = HeadTopology(model, clip.shape, cfg.landmark_k)
+    subsets: list[int] = []
+    real_subset = HeadModel.subset
+
+    def counting(self: HeadModel, ids: torch.Tensor):  # type: ignore[no-untyped-def]
+        subsets.append(int(ids.numel()))
+        return real_subset(self, ids)
+
+    monkeypatch.setattr(HeadModel, "subset", counting)
+    thinned = solve_onset_motion(model, topo, clip, cfg)
+    assert subsets == [120]
+    monkeypatch.setattr(HeadModel, "subset", lambda self, ids: lambda s, e, p: self(s, e, p).vertices[:, ids])
+    whole = solve_onset_motion(model, topo, clip, cfg)
+    torch.testing.assert_close(thinned.expression, whole.expression, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(thinned.translation, whole.translation, atol=1e-7, rtol=1e-4)
+
+
 def test_unusable_flow_ends_in_one_sentence() -> None:
     model = HeadModel(toy_head_data())
     pre, coarse = make_toy_clip(model, np.zeros((4, model.num_vertices, 3), np.float32))
