@@ -136,6 +136,17 @@ def test_cancel_and_time_budget(toy: Any) -> None:
     assert quick.report["stopped_by"] == "time" and quick.report["iterations"] < 10_000
 
 
+def test_a_rerun_gives_the_same_result_where_the_time_cap_does_not_bind(toy: Any) -> None:
+    """The step-size schedule depends on the step count alone unless the first steps' pace says the cap would bind,
+    so the same clip and settings give the same take however busy the machine is."""
+    model, pre, coarse, _ = toy
+    cfg = replace(FAST, iterations=12, onset_solve=False)
+    first, second = refine(model, pre, coarse, "full", cfg), refine(model, pre, coarse, "full", cfg)
+    assert first.report["iterations"] == 12 and first.report["stopped_by"] == "iterations"
+    np.testing.assert_array_equal(first.expression, second.expression)
+    np.testing.assert_array_equal(first.displacement, second.displacement)
+
+
 def test_plateau_stops_early(toy: Any) -> None:
     model, pre, coarse, _ = toy
     result = refine(model, pre, coarse, "dem", replace(FAST, iterations=500, patience=3, lr=1e-9))
