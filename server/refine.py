@@ -876,8 +876,8 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
             t_pace = time.perf_counter()  # after the first step, which also warms up
         elif it == PACE_STEPS + 2:
             # Fixed once from the pace of steps 2 to PACE_STEPS + 1, so where the cap does not bind the schedule is
-            # the step count exactly (reruns of one clip differed by up to 0.006 while the schedule's progress was
-            # the larger of the steps' and the clock's, which it was at the first step).
+            # the step count exactly (while the schedule's progress was the larger of the steps' and the clock's,
+            # which the clock was at the first step, a rerun of a bench clip came out 0.006 apart).
             pace = (time.perf_counter() - t_pace) / PACE_STEPS
             fits = it - 1 + int((cfg.time_budget_s - (time.perf_counter() - t_loop)) / max(pace, 1e-9))
             schedule = min(cfg.iterations, max(fits, it))
