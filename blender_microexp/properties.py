@@ -41,10 +41,10 @@ class MICROEXP_PG_settings(PropertyGroup):
         name="Reconstruction", description="How far the reconstruction goes",
         items=[("coarse", "Landmark Fit", "Coarse landmark fit only: fastest, misses most micro-motion"),
                ("solve", "Flow Solve", "+ the onset-relative motion solve from the optical flow, no networks "
-                                       "(about 12 s per 100 frames)"),
+                                       "(about 22 s per 100 frames)"),
                ("full", "Full Model", "+ the paper's networks: dynamic-encoded module and mesh deformation, "
                                       "whose offsets over 0.01 mm become detail shape keys "
-                                      "(about 45 s per 100 frames)")],
+                                      "(about 55-60 s per 100 frames)")],
         default="full")
     target: EnumProperty(  # type: ignore[valid-type]
         name="Target", items=[("NEW", "New Rig", "Import the result as a new rig"),
