@@ -181,7 +181,7 @@ def solve_onset_motion(model: HeadModel, topo: HeadTopology, clip: ClipTensors, 
             if tick is not None:
                 tick(step + 1)
         with torch.no_grad():
-            losses["data_sparse"], losses["sparse_sparse"] = float(data_loss(True)), float(sparse())
+            losses["data_before_refit"], losses["sparse_before_refit"] = float(data_loss(True)), float(sparse())
             support = ((delta * keep).abs() > cfg.solve_refit_min_mm).float()  # (T, E) the changes kept
             kept = float(support.mean())
         opt_refit = torch.optim.Adam([delta, rigid], lr=cfg.solve_lr)

@@ -103,7 +103,7 @@ def test_refit_undoes_the_sparse_priors_shrinkage() -> None:
     np.testing.assert_array_equal(change[150][held], change[0][held])
     rep = results[150].report
     assert rep["steps"] == 60 + 200 + 150 and 0 < rep["refit_support"] < 1
-    assert rep["losses"]["data_final"] < rep["losses"]["data_sparse"]
+    assert rep["losses"]["data_final"] < rep["losses"]["data_before_refit"]
 
 
 def test_warped_flow_reads_the_motion_a_smoothing_estimator_falls_short_of() -> None:
