@@ -173,16 +173,25 @@ class HeadModel(nn.Module):
         self._check("pose", pose, (batch, self.num_joints, 3))
         if offsets is not None:
             self._check("offsets", offsets, (batch, self.num_vertices, 3))
+        joints, vertices = self._posed(self.identity_mesh(shape), self.expr_pose_dirs_flat, self.weights, shape,
+                                       expression, pose, offsets)
+        return HeadOutput(vertices=vertices, joints=joints, model=self)
+
+    def _posed(self, identity: torch.Tensor, expr_pose_dirs_flat: torch.Tensor, weights: torch.Tensor,
+               shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor, offsets: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posed joints (B, J, 3) and vertices (B, n, 3) of the n vertices whose identity mesh (B, n, 3), flat
+        expression/pose blendshape columns (E + P, n*3) and skinning weights (n, J) are given: all of them
+        (`forward`) or some (`HeadSubset`)."""
         joints_rest = self.identity_joints(shape)  # (B, J, 3), deliberately expression-free
         rot_mats = self._local_rotations(pose)  # (B, J, 3, 3)
         # FLAME eq. 2-4 in one matmul: expression blend and pose correctives (R_j - I for joints 1..J-1).
         coeffs = torch.cat([expression, lbs.pose_feature(rot_mats)], dim=1)  # (B, E + P)
-        rest = self.identity_mesh(shape) + lbs.blend(coeffs, self.expr_pose_dirs_flat)
+        rest = identity + lbs.blend(coeffs, expr_pose_dirs_flat)
         if offsets is not None:
             rest = rest + offsets
         joints, transforms = lbs.rigid_transforms(rot_mats, joints_rest, self.parents)
-        vertices = lbs.skin(rest, self.weights, transforms)
-        return HeadOutput(vertices=vertices, joints=joints, model=self)
+        return joints, lbs.skin(rest, weights, transforms)
 
     def subset(self, ids: torch.Tensor) -> HeadSubset:
         """An evaluator of these vertices alone: `subset(ids)(shape, expression, pose)` equals
@@ -210,11 +219,6 @@ class HeadSubset:
         self.weights = model.weights[ids].contiguous()
 
     def __call__(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        m = self.model
         single_shape = shape.shape[0] > 1 and shape.stride(0) == 0  # one identity expanded over the batch
         identity = self.v_template + lbs.blend(shape[:1] if single_shape else shape, self.shapedirs_flat)
-        rot_mats = m._local_rotations(pose)
-        coeffs = torch.cat([expression, lbs.pose_feature(rot_mats)], dim=1)
-        rest = identity + lbs.blend(coeffs, self.expr_pose_dirs_flat)
-        _, transforms = lbs.rigid_transforms(rot_mats, m.identity_joints(shape), m.parents)
-        return lbs.skin(rest, self.weights, transforms)
+        return self.model._posed(identity, self.expr_pose_dirs_flat, self.weights, shape, expression, pose)[1]
