@@ -161,6 +161,25 @@ def test_a_thinned_solve_evaluates_only_the_vertices_it_uses(monkeypatch: pytest
     torch.testing.assert_close(thinned.translation, whole.translation, atol=1e-7, rtol=1e-4)
 
 
+def test_the_pairs_flows_stop_when_cancelled() -> None:
+    """The warped re-read of the anchored flow (`parallel_map`, a few seconds per clip) polls cancel before each
+    pair: a cancel mid-way raises Cancelled with one sentence and leaves the remaining pairs undone."""
+    from server.errors import Cancelled
+    from server.refine import parallel_map
+
+    done: list[int] = []
+
+    def work(i: int) -> np.ndarray:
+        done.append(i)
+        return np.zeros(1)
+
+    assert len(parallel_map(work, list(range(8)))) == 8
+    done.clear()
+    with pytest.raises(Cancelled, match=r"^The refinement was cancelled\.$"):
+        parallel_map(work, list(range(200)), cancel=lambda: len(done) >= 3)
+    assert len(done) < 200
+
+
 def test_unusable_flow_ends_in_one_sentence() -> None:
     model = HeadModel(toy_head_data())
     pre, coarse = make_toy_clip(model, np.zeros((4, model.num_vertices, 3), np.float32))
