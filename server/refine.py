@@ -351,8 +351,9 @@ class ClipTensors:
     """One clip's inputs as tensors on the device, plus derived flow maps. T frames."""
 
     def __init__(self, pre: PreprocessedLike, coarse: CoarseFitLike, device: torch.device, cfg: RefineConfig,
-                 jaw: int | None = None) -> None:
-        """`jaw`: index of the jaw joint in the pose (gets `cfg.jaw_deadband_rad`), None when the model has none."""
+                 jaw: int | None = None, cancel: Cancel | None = None) -> None:
+        """`jaw`: index of the jaw joint in the pose (gets `cfg.jaw_deadband_rad`), None when the model has none.
+        `cancel()` is polled per pair of the anchored flow (~1.3 s per 100 frames); Cancelled when it turns true."""
         def t32(a: Any) -> torch.Tensor:
             return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
 
@@ -396,7 +397,7 @@ class ClipTensors:
         self.motion_input = torch.cat(
             [F.adaptive_avg_pool2d(adjacent, s) * (s / CROP), F.adaptive_avg_pool2d(cum, s) * (s / CROP)], 1
         )  # (T, 4, s, s)
-        self._anchored_pairs(pre, cfg)
+        self._anchored_pairs(pre, cfg, cancel)
         self.gray: torch.Tensor | None = None  # (T, 224, 224) blurred grey crops, for the photometric term
         self.photometry: AnchoredPhotometry | None = None  # its samples, set by prepare_clip when w_photo > 0
         crops = np.asarray(pre.crops) if cfg.w_photo > 0 else None
@@ -408,7 +409,7 @@ class ClipTensors:
         self.intensity = F.avg_pool2d(magnitude, cfg.patch, stride=1, padding=cfg.patch // 2, count_include_pad=False)
 
 
-    def _anchored_pairs(self, pre: PreprocessedLike, cfg: RefineConfig) -> None:
+    def _anchored_pairs(self, pre: PreprocessedLike, cfg: RefineConfig, cancel: Cancel | None = None) -> None:
         """Anchored-flow pairs (anchor a, frame t, seam weight) and the flow a -> t of each, computed once.
 
         Sets pair_anchor, pair_frame (P,) long, pair_weight (P,), anchored (P, 2, h, h) float16 (224-crop px)."""
@@ -458,7 +459,8 @@ class ClipTensors:
                 maps[k] = _pooled((cum[t] - cum[a]).cpu(), size).to(torch.float16)
         elif pairs:
             flows = parallel_map(lambda pair: estimator(grays[pair[0]], _match_brightness(grays[pair[1]],
-                                                                                        grays[pair[0]])), pairs)
+                                                                                        grays[pair[0]])), pairs,
+                                 cancel)
             for k, flow in enumerate(flows):
                 maps[k] = _pooled(torch.from_numpy(flow).permute(2, 0, 1), size).to(torch.float16)
         dev = self.expression.device
@@ -769,7 +771,7 @@ def prepare_clip(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike,
                  ) -> tuple[ClipTensors, HeadTopology, dict[str, Any] | None]:
     """One clip's tensors and topology, with the onset-relative motion solve applied when `cfg.onset_solve`
     (then also its report; None otherwise). Shared by `refine` and `train`."""
-    clip = ClipTensors(pre, coarse, device, cfg, jaw=joint_index(model, "jaw"))
+    clip = ClipTensors(pre, coarse, device, cfg, jaw=joint_index(model, "jaw"), cancel=cancel)
     if clip.expression.shape[1] != model.num_expression:
         raise ClipError(f"The coarse fit has {clip.expression.shape[1]} expression components but the head model has "
                         f"{model.num_expression}.")

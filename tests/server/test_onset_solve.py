@@ -180,6 +180,25 @@ def test_the_pairs_flows_stop_when_cancelled() -> None:
     assert len(done) < 200
 
 
+def test_the_first_anchored_flow_stops_when_cancelled() -> None:
+    """The anchored flow read from textured crops when the clip's tensors are built polls cancel per pair too."""
+    from server.errors import Cancelled
+
+    model = HeadModel(toy_head_data())
+    pre, coarse = make_toy_clip(model, np.zeros((T, model.num_vertices, 3), np.float32))
+    pre.crops = np.random.default_rng(0).integers(0, 256, (T, 224, 224, 3), dtype=np.uint8)
+    cfg = RefineConfig()
+    assert ClipTensors(pre, coarse, torch.device("cpu"), cfg).anchor_estimator is not None  # the crops' flow is read
+    calls: list[int] = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled, match=r"^The refinement was cancelled\.$"):
+        ClipTensors(pre, coarse, torch.device("cpu"), cfg, cancel=cancel)
+
+
 def test_unusable_flow_ends_in_one_sentence() -> None:
     model = HeadModel(toy_head_data())
     pre, coarse = make_toy_clip(model, np.zeros((4, model.num_vertices, 3), np.float32))
