@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rc.add_argument("--time-budget", dest="time_budget_s", type=float, default=None,
                     help="most seconds for the networks' per-clip optimisation loop (default 45; it stops "
-                         "earlier after its 150 steps; the onset solve's fixed steps, ~10 s per 100 frames of the "
-                         "built-in head, come on top)")
+                         "earlier after its 150 steps; the onset solve's fixed steps in two passes, ~22 s per 100 "
+                         "frames of the built-in head, come on top)")
     rc.add_argument("--no-preview", action="store_true")
     return p
 
