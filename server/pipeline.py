@@ -100,8 +100,14 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     n_stages = 3 if opts.stages == "coarse" else 4
     t_start = time.perf_counter()
 
-    # A wrong FLAME path should fail before minutes of preprocessing.
+    # A wrong FLAME path or checkpoint should fail before minutes of preprocessing. (Whether the checkpoint fits the
+    # head model is checked when the refinement loads it: the built-in head is made for the clip.)
     flame_model = None if opts.model == "builtin" else load_model(opts.model)
+    if opts.checkpoint is not None and opts.stages != "coarse":
+        from .models.checkpoint import load_checkpoint
+        from .refine import model_dims
+
+        load_checkpoint(opts.checkpoint, None if flame_model is None else model_dims(flame_model))
 
     rep.stage("preprocess", 0, n_stages)
     pre = preprocess(str(clip), frames=opts.frames, flow=opts.flow, cache_dir=opts.cache_dir,

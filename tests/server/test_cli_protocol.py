@@ -62,6 +62,17 @@ def test_not_a_flame_file_is_named_before_any_preprocessing(tmp_path):
     assert not any(e["type"] == "stage" for e in events)
 
 
+def test_an_unreadable_checkpoint_is_named_before_any_preprocessing(tmp_path):
+    bogus = tmp_path / "refine.pt"
+    bogus.write_text("this is not a checkpoint")
+    code, events = run_job(tmp_path, clip=str(tmp_path / "whatever.mp4"), output=str(tmp_path / "out"),
+                           checkpoint=str(bogus))
+    assert code == 1 and events[-1]["type"] == "error"
+    assert events[-1]["message"] == (f"The checkpoint '{bogus}' cannot be read: it is not a torch file written by "
+                                     "`microexp train`, or it is damaged.")
+    assert not any(e["type"] == "stage" for e in events)
+
+
 def test_unwritable_output_folder(tmp_path):
     if os.geteuid() == 0:  # root ignores permission bits; /proc refuses new folders even to root
         target = Path("/proc/microexp-no-such-dir/out")
