@@ -46,6 +46,10 @@ class MICROEXP_PG_settings(PropertyGroup):
                                       "whose offsets over 0.01 mm become detail shape keys "
                                       "(about 55-60 s per 100 frames)")],
         default="full")
+    checkpoint: StringProperty(  # type: ignore[valid-type]
+        name="Checkpoint", subtype="FILE_PATH",
+        description="Networks trained by `./microexp train` to start the Full Model from, then fine-tuned on the "
+                    "clip (empty: they learn from the clip alone)")
     target: EnumProperty(  # type: ignore[valid-type]
         name="Target", items=[("NEW", "New Rig", "Import the result as a new rig"),
                               ("UPDATE", "Update Rig", "Replace an earlier take's rig with the result")],

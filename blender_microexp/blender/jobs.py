@@ -61,9 +61,15 @@ class JobController:
             if scene_settings.frame_last < scene_settings.frame_first:
                 raise jobs.JobSetupError("The last frame comes before the first; fix the frame range.")
             frames = (scene_settings.frame_first, scene_settings.frame_last + 1)
+        checkpoint = None
+        if scene_settings.stages == "full" and scene_settings.checkpoint:
+            checkpoint = bpy.path.abspath(scene_settings.checkpoint)
+            problem = jobs.checkpoint_problem(checkpoint)
+            if problem:
+                raise jobs.JobSetupError(problem)
         fields: dict[str, Any] = {
             "clip": clip, "model": srv.model, "frames": frames, "flow": scene_settings.flow,
-            "stages": scene_settings.stages,
+            "stages": scene_settings.stages, "checkpoint": checkpoint,
             "cache_dir": str(Path(srv.cache_dir) / "preprocess"),
         }
         job_dir, job_json, _spec = jobs.prepare_job(srv.cache_dir, fields)

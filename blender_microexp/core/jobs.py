@@ -159,6 +159,14 @@ def clip_problem(clip: str) -> str | None:
     return None
 
 
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """Why a checkpoint path from the panel cannot be used (None when it is a file; the server reads it)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        return f"The checkpoint {path} does not exist; choose a file written by `microexp train`, or clear the field."
+    return None
+
+
 def prepare_job(cache_dir: str | os.PathLike[str], spec_fields: dict[str, Any]) -> tuple[Path, Path, JobSpec]:
     """Make a fresh job folder and write job.json into it; returns (job_dir, job_json, spec).
 

@@ -29,6 +29,8 @@ class MICROEXP_PT_reconstruct(Panel):
             row.prop(settings, "frame_last")
         col.prop(settings, "flow")
         col.prop(settings, "stages")
+        if settings.stages == "full":
+            col.prop(settings, "checkpoint")
         col.prop(settings, "frame_start")
         col.prop(settings, "target", expand=True)
         if settings.target == "UPDATE":

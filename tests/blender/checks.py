@@ -272,6 +272,7 @@ def check_operator_job_imports(tmp: Path) -> None:
 
     spec = JobSpec.from_dict(json.loads((Path(state.job_dir) / JOB_NAME).read_text(encoding="utf-8")))
     assert spec.stages == "solve"  # the panel's choice reaches the server
+    assert spec.checkpoint is None
     assert not state.running and "Imported MicroExp clip_face" in state.last_message
     assert "MicroExp clip_face" in bpy.data.collections
     assert len(bpy.data.objects["clip_face_head"].data.vertices) == 150
@@ -301,6 +302,40 @@ def check_operator_setup_error(tmp: Path) -> None:
     result, message = call_operator(bpy.ops.microexp.run_job)
     assert result == {"CANCELLED"} and message.startswith("The clip") and "does not exist" in message
     assert not bpy.context.window_manager.microexp_job.running
+
+
+def check_operator_checkpoint(tmp: Path) -> None:
+    """The panel's checkpoint reaches the server with the Full Model; a missing one is refused in one sentence
+    before any server starts; with another stage the field is not used."""
+    from blender_microexp.core.jobs import JOB_NAME
+    from blender_microexp.core.protocol import JobSpec
+
+    fresh_file()
+    missing = tmp / "missing.pt"
+    bpy.context.scene.microexp.checkpoint = str(missing)
+    bpy.context.scene.microexp.clip = str(tmp / "clip_face.mp4")
+    (tmp / "clip_face.mp4").write_bytes(b"not decoded by the fake server")
+    set_server(FAKE_DIR, cache_dir=tmp / "cache_ckpt")
+    result, message = call_operator(bpy.ops.microexp.run_job)
+    assert result == {"CANCELLED"}
+    assert message == (f"The checkpoint {missing} does not exist; choose a file written by `microexp train`, "
+                       "or clear the field.")
+    assert not bpy.context.window_manager.microexp_job.running and not (tmp / "cache_ckpt").exists()
+
+    ckpt = tmp / "refine.pt"
+    ckpt.write_bytes(b"read by the server, not by the add-on")
+    for stages, want in (("full", str(ckpt)), ("solve", None)):
+        scene = bpy.context.scene.microexp
+        scene.stages, scene.checkpoint = stages, str(ckpt)
+        os.environ["MICROEXP_FAKE_MODE"] = "ok"
+        try:
+            result, _message = call_operator(bpy.ops.microexp.run_job)
+        finally:
+            os.environ.pop("MICROEXP_FAKE_MODE", None)
+        state = bpy.context.window_manager.microexp_job
+        assert result == {"FINISHED"}, state.last_message
+        spec = JobSpec.from_dict(json.loads((Path(state.job_dir) / JOB_NAME).read_text(encoding="utf-8")))
+        assert spec.checkpoint == want
 
 
 def check_controller_cancel(tmp: Path) -> None:
@@ -377,6 +412,7 @@ ALL_CHECKS = [
     check_operator_job_crash,
     check_operator_job_garbage,
     check_operator_setup_error,
+    check_operator_checkpoint,
     check_controller_cancel,
     check_load_pre_stops_jobs,
 ]
