@@ -48,7 +48,7 @@ class MICROEXP_PG_settings(PropertyGroup):
         default="full")
     checkpoint: StringProperty(  # type: ignore[valid-type]
         name="Checkpoint", subtype="FILE_PATH",
-        description="Networks trained by `./microexp train` to start the Full Model from, then fine-tuned on the "
+        description="Networks trained by './microexp train' to start the Full Model from, then fine-tuned on the "
                     "clip (empty: they learn from the clip alone)")
     target: EnumProperty(  # type: ignore[valid-type]
         name="Target", items=[("NEW", "New Rig", "Import the result as a new rig"),

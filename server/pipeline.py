@@ -100,8 +100,9 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     n_stages = 3 if opts.stages == "coarse" else 4
     t_start = time.perf_counter()
 
-    # A wrong FLAME path or checkpoint should fail before minutes of preprocessing. (Whether the checkpoint fits the
-    # head model is checked when the refinement loads it: the built-in head is made for the clip.)
+    # A wrong FLAME path or checkpoint should fail before minutes of preprocessing. With FLAME files the checkpoint's
+    # head-model dims are checked here too; the built-in head is made for the clip, so for it they are checked when
+    # the refinement loads the checkpoint.
     flame_model = None if opts.model == "builtin" else load_model(opts.model)
     if opts.checkpoint is not None and opts.stages != "coarse":
         from .models.checkpoint import load_checkpoint

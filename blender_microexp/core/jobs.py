@@ -163,7 +163,7 @@ def checkpoint_problem(checkpoint: str) -> str | None:
     """Why a checkpoint path from the panel cannot be used (None when it is a file; the server reads it)."""
     path = Path(checkpoint)
     if not path.is_file():
-        return f"The checkpoint {path} does not exist; choose a file written by `microexp train`, or clear the field."
+        return f"The checkpoint {path} does not exist; choose a file written by 'microexp train', or clear the field."
     return None
 
 

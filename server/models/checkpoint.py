@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path, dims: dict[str, Any] | None = None) -> dic
         data = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean the same thing to the user
         raise CheckpointError(f"The checkpoint '{source}' cannot be read: it is not a torch file written by "
-                              "`microexp train`, or it is damaged.") from exc
+                              "'microexp train', or it is damaged.") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"The file '{source}' is not a micro-expression refinement checkpoint.")
     if dims is not None:

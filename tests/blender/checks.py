@@ -318,7 +318,7 @@ def check_operator_checkpoint(tmp: Path) -> None:
     set_server(FAKE_DIR, cache_dir=tmp / "cache_ckpt")
     result, message = call_operator(bpy.ops.microexp.run_job)
     assert result == {"CANCELLED"}
-    assert message == (f"The checkpoint {missing} does not exist; choose a file written by `microexp train`, "
+    assert message == (f"The checkpoint {missing} does not exist; choose a file written by 'microexp train', "
                        "or clear the field.")
     assert not bpy.context.window_manager.microexp_job.running and not (tmp / "cache_ckpt").exists()
 

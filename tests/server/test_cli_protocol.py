@@ -69,7 +69,7 @@ def test_an_unreadable_checkpoint_is_named_before_any_preprocessing(tmp_path):
                            checkpoint=str(bogus))
     assert code == 1 and events[-1]["type"] == "error" and events[-1]["code"] == "checkpoint"
     assert events[-1]["message"] == (f"The checkpoint '{bogus}' cannot be read: it is not a torch file written by "
-                                     "`microexp train`, or it is damaged.")
+                                     "'microexp train', or it is damaged.")
     assert not any(e["type"] == "stage" for e in events)
 
 

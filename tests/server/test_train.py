@@ -103,7 +103,7 @@ def test_checkpoint_for_another_topology_or_corrupt_is_refused(tmp_path: Path, m
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"^The checkpoint '.*bad\.pt' cannot be read: it is not a torch file "
-                                              r"written by `microexp train`, or it is damaged\.$"):
+                                              r"written by 'microexp train', or it is damaged\.$"):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
