@@ -124,9 +124,7 @@ class HeadModel(nn.Module):
 
         A shape expanded over the batch (`shape[None].expand(B, -1)`, stride 0) is blended once, not B times.
         """
-        if shape.shape[0] > 1 and shape.stride(0) == 0:
-            return (self.v_template + lbs.blend(shape[:1], self.shapedirs_flat)).expand(shape.shape[0], -1, -1)
-        return self.v_template + lbs.blend(shape, self.shapedirs_flat)
+        return _identity(self.v_template, self.shapedirs_flat, shape)
 
     def identity_joints(self, shape: torch.Tensor) -> torch.Tensor:
         """Rest joint positions of an identity, regressed from template + shape blend.
@@ -219,6 +217,13 @@ class HeadSubset:
         self.weights = model.weights[ids].contiguous()
 
     def __call__(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        single_shape = shape.shape[0] > 1 and shape.stride(0) == 0  # one identity expanded over the batch
-        identity = self.v_template + lbs.blend(shape[:1] if single_shape else shape, self.shapedirs_flat)
+        identity = _identity(self.v_template, self.shapedirs_flat, shape)
         return self.model._posed(identity, self.expr_pose_dirs_flat, self.weights, shape, expression, pose)[1]
+
+
+def _identity(v_template: torch.Tensor, shapedirs_flat: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Template (n, 3) plus shape blend (S, n*3 columns) -> (B, n, 3); a shape expanded over the batch (stride 0)
+    is blended once."""
+    if shape.shape[0] > 1 and shape.stride(0) == 0:
+        return (v_template + lbs.blend(shape[:1], shapedirs_flat)).expand(shape.shape[0], -1, -1)
+    return v_template + lbs.blend(shape, shapedirs_flat)
