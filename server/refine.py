@@ -64,9 +64,9 @@ class RefineConfig:
     lr: float = 1e-3
     """Adam learning rate of the per-clip optimisation (training uses the paper's 1e-4)."""
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    """'cosine': the networks' step decays to zero over the run (progress = the larger of iterations and time budget
-    used), so the zero-initialised layers settle instead of dithering at the step size around the start (measured:
-    docs/model.md); 'constant' keeps `lr`."""
+    """'cosine': the networks' step decays to zero over the run (over `iterations` steps, or over the steps that fit
+    in `time_budget_s` at the first steps' pace when fewer), so the zero-initialised layers settle instead of
+    dithering at the step size around the start (measured: docs/model.md); 'constant' keeps `lr`."""
     batch_frames: int = 12
     """Frames per iteration of stage 'dem': a random contiguous run of the clip (the loss mini-batch)."""
     full_batch_frames: int = 6
