@@ -36,7 +36,7 @@ from blender_microexp.core import rig  # noqa: E402
 from blender_microexp.core.take import read_take  # noqa: E402
 
 ADDON = "blender_microexp"
-TOL = 1e-4
+TOL = 1e-5  # m; bpy evaluates in float32 (~1e-6 here), a detail key 20 % short is 2.5e-5 off
 
 
 def enable_addon() -> None:
@@ -91,8 +91,9 @@ def check_register_twice(tmp: Path) -> None:
     fresh_file()
     for _ in range(2):
         blender_microexp.unregister()
-        assert not hasattr(bpy.types.Scene, "microexp") and not hasattr(bpy.ops.microexp, "run_job") or \
-            "run_job" not in dir(bpy.ops.microexp)
+        # bpy.ops.<module> hands back a wrapper for any attribute name, so only dir() tells a registered operator.
+        assert not hasattr(bpy.types.Scene, "microexp"), "unregister left Scene.microexp behind"
+        assert "run_job" not in dir(bpy.ops.microexp), "unregister left the run_job operator behind"
         blender_microexp.register()
         assert hasattr(bpy.types.Scene, "microexp") and hasattr(bpy.types.WindowManager, "microexp_job")
         assert "run_job" in dir(bpy.ops.microexp)
@@ -198,7 +199,7 @@ def check_damaged_take(tmp: Path) -> None:
     try:
         importer.import_take(bpy.context, folder)
     except importer.ImportTakeError as exc:
-        assert "damaged" in str(exc) and str(exc).count(".") >= 1
+        assert "take.npz is damaged and cannot be read" in str(exc), str(exc)
     else:
         raise AssertionError("a damaged take was imported")
     result, message = call_operator(bpy.ops.microexp.import_take, filepath=str(folder / "take.json"))
@@ -359,7 +360,7 @@ def check_controller_cancel(tmp: Path) -> None:
     for _ in range(5):
         assert controller.pump(bpy.context) is None
         time.sleep(0.1)
-    assert state.progress >= 0.0 and state.stage == "preprocess" and "left" in state.text
+    assert state.progress > 0.0 and state.stage == "preprocess" and "left" in state.text
     assert bpy.ops.microexp.cancel_job() == {"FINISHED"}
     t0 = time.monotonic()
     outcome = None
@@ -383,9 +384,18 @@ def check_load_pre_stops_jobs(tmp: Path) -> None:
     clip.write_bytes(b"x")
     bpy.context.scene.microexp.clip = str(clip)
     controller = JobController.start(bpy.context, env={**os.environ, "MICROEXP_FAKE_MODE": "slow"})
-    time.sleep(0.5)
+    state = bpy.context.window_manager.microexp_job
+    child_pid_file = Path(state.job_dir) / "child.pid"
+    deadline = time.monotonic() + 20
+    while not child_pid_file.exists() and time.monotonic() < deadline:
+        assert controller.pump(bpy.context) is None
+        time.sleep(0.1)
+    assert controller.job.alive and child_pid_file.exists(), "the slow fake server did not start"
     fresh_file()  # loading another file runs load_pre
     assert not controller.job.alive
+    time.sleep(0.2)
+    for pid in (controller.job.pid, int(child_pid_file.read_text())):
+        assert not _alive(pid), f"process {pid} survived loading another file"
 
 
 def _alive(pid: int) -> bool:
