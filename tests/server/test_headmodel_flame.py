@@ -76,15 +76,21 @@ def test_landmarks_lie_on_the_face_front(flame) -> None:  # type: ignore[no-unty
     assert (mp[:, 2] > v[:, 2].min() + 0.5 * span[2]).all()
 
 
-def test_forward_on_flame_is_fast_enough(flame) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_equals_its_frames_and_the_jaw_moves_only_jaw_skinned_vertices(flame) -> None:  # type: ignore[no-untyped-def]
     model = HeadModel(flame)
     shape, expr, pose = model.zeros(100)
     expr.normal_()
     pose[:, 2, 0] = 0.1
-    model(shape, expr, pose)
+    batch = model(shape, expr, pose).vertices
+    assert batch.shape == (100, 5023, 3) and torch.isfinite(batch).all()
+    one = model(shape[37:38], expr[37:38], pose[37:38]).vertices[0]
+    torch.testing.assert_close(batch[37], one, atol=1e-6, rtol=0)
+    # A jaw rotation alone: vertices the jaw does not skin move only by the pose correctives (~1e-4 of it).
     jaw_open = model(shape[:1], torch.zeros_like(expr[:1]), pose[:1]).vertices[0] - model.v_template
     jaw = torch.as_tensor(flame.weights[:, 2] > 0)
-    assert jaw_open[~jaw].norm(dim=-1).max() < jaw_open[jaw].norm(dim=-1).max()
+    jaw_max = jaw_open[jaw].norm(dim=-1).max()
+    assert jaw_max > 0.005  # 0.1 rad about the jaw joint moves the chin by centimetres
+    assert jaw_open[~jaw].norm(dim=-1).max() < 0.01 * jaw_max
 
 
 def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path) -> None:

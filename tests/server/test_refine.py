@@ -89,6 +89,9 @@ def test_anchored_flow_term_recovers_micro_motion(toy: Any) -> None:
 def test_dem_stage_refines_expression_only(toy: Any) -> None:
     model, pre, coarse, _ = toy
     result = refine(model, pre, coarse, "dem", replace(FAST, iterations=5))
+    start = refine(model, pre, coarse, "solve", FAST)  # the DEM's starting point: the onset solve's estimate
+    moved = np.abs(result.expression - start.expression).max()
+    assert moved > 1e-3, moved  # five DEM steps move it (0.036 measured on the toy)
     assert (result.displacement == 0).all()
     assert result.expression.dtype == np.float32 and result.expression.shape == (T, model.num_expression)
     assert np.isfinite(result.expression).all()
