@@ -38,7 +38,8 @@ def test_hello_reports_versions_and_device():
                          timeout=120, check=True).stdout
     event = decode_event(out.strip().splitlines()[-1])
     assert event["type"] == "hello" and event["protocol"] == 1
-    assert event["torch"].startswith("2.13") and event["device"] in ("cpu",) or event["device"].startswith("cuda")
+    assert event["torch"].startswith("2.13")
+    assert event["device"] == "cpu" or event["device"].startswith("cuda")
     assert event["tvl1"] is True
 
 

@@ -142,3 +142,7 @@ def test_fan_landmarker_runs_on_a_face_box(tmp_path: Path) -> None:
     assert points.shape == (68, 2) and np.isfinite(points).all()
     # Heatmap maxima map back into the region FAN looked at (box centre +- its scale), in image pixels.
     assert (points > -60).all() and (points < 320).all()
+    # In image pixels, not the crop's: the same face moved by (30, 20) px gives the same points moved by that.
+    shifted = np.pad(face, ((20, 0), (30, 0), (0, 0)))
+    moved = estimator(shifted, guide + np.array([30, 20], np.float32))
+    np.testing.assert_allclose(moved - points, np.broadcast_to([30.0, 20.0], points.shape), atol=1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.crop import cut_crop, face_boxes, to_crop_coords
+from server.crop import cut_crop, face_boxes
 from server.errors import Cancelled, ClipError
 from server.preprocess import Preprocessed, preprocess
 
@@ -168,4 +168,7 @@ def test_real_clip(real_clip: Path) -> None:
     assert np.abs(np.diff(pre.crop_boxes[:, :2], axis=0)).max() < 3.0
     # Lips move in this talking clip: the flow is not all zero, and float16 holds it.
     assert np.isfinite(pre.flow.astype(np.float32)).all() and np.abs(pre.flow).max() > 0.5
-    np.testing.assert_allclose(to_crop_coords(pre.lmk68, pre.crop_boxes), pre.lmk68_crop)
+    boxes = pre.crop_boxes[:, None]  # (T, 1, 3): x0, y0, size in image pixels
+    np.testing.assert_allclose(pre.lmk68_crop, (pre.lmk68[..., :2] - boxes[..., :2]) * 224.0 / boxes[..., 2:],
+                               rtol=1e-5, atol=1e-3)
+    assert pre.lmk68_crop.min() > 0 and pre.lmk68_crop.max() < 224  # the face stays inside its crop

@@ -58,7 +58,9 @@ def test_text_file_named_mp4_is_a_clip_error(tmp_path: Path) -> None:
     fake.write_text("this is not a video\n" * 50)
     with pytest.raises(ClipError) as err:
         probe(fake)
-    assert str(err.value).count(".") >= 1 and "notes.mp4" in str(err.value)
+    message = str(err.value)
+    assert "notes.mp4 could not be opened as a video (not a video, or corrupt)." in message
+    assert message.endswith(".") and ". " not in message  # one sentence
 
 
 def test_empty_file_is_a_clip_error(tmp_path: Path) -> None:
