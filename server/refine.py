@@ -171,10 +171,11 @@ class RefineConfig:
     w_temporal_pose: float = 1e-2
     """2nd-order temporal smoothness of the root-rotation and translation corrections."""
     w_expr_coarse: float = 1.0
-    """L2 of ψ - ψ_prior, ψ_prior = the coarse expression smoothed over `expr_prior_smooth_frames`."""
+    """L2 of ψ - ψ_prior, ψ_prior = the per-frame estimate (the onset solve's, else the coarse fit's) smoothed over
+    `expr_prior_smooth_frames`."""
     expr_prior_smooth_frames: float = 0.0
-    """Gaussian σ (frames) of the temporal smoothing of the coarse expression that the prior pulls towards (0: the
-    raw per-frame coarse expression)."""
+    """Gaussian σ (frames) of the temporal smoothing of the per-frame expression that the prior pulls towards (0:
+    the per-frame expression itself)."""
     onset_solve: bool = True
     """Before the networks, solve the rigid motion and a sparse onset-relative expression change from the anchored
     flow (`server/onset_solve.py`); the DEM then starts from that instead of the raw landmark fit."""
@@ -196,8 +197,8 @@ class RefineConfig:
     solve_lr: float = 0.05
     """Initial step of the second stage (Δψ in mm of vertex motion, rigid as above)."""
     solve_max_vertices: int = 1000
-    """The solve's flow term uses at most this many face vertices (evenly thinned by index; 0 = all): the built-in
-    head's ~400 face vertices are all used, FLAME's are thinned (its solve ran 90 s per 100 frames with all)."""
+    """The solve's flow term uses at most this many face vertices (evenly thinned by index; 0 = all): all 478 of
+    the built-in head's are used, FLAME's are thinned (its solve ran 90 s per 100 frames with all)."""
     w_photo: float = 0.0
     """Weight of the onset-anchored photometric term (`server.raster`, grey levels 0-255) in the onset solve and
     the networks' loss; 0 (off) by default: on made clips it did not pay for its time (docs/model.md)."""
@@ -371,10 +372,8 @@ class ClipTensors:
             pose = pose.copy()
             pose[:, jaw] = deadband_from_onset(pose[:, jaw], cfg.jaw_deadband_rad)
         self.pose = t32(pose)  # (T, J, 3): root as fitted, other joints temporally smoothed
-        prior = np.asarray(coarse.expression, dtype=np.float32)
-        if cfg.expr_prior_smooth_frames > 0 and n > 1:
-            prior = gaussian_filter1d(prior, cfg.expr_prior_smooth_frames, axis=0, mode="nearest")
-        self.expression_prior = t32(prior)  # (T, E)
+        self.prior_smooth_frames = cfg.expr_prior_smooth_frames
+        self.expression_prior = self.prior_for(t32(np.asarray(coarse.expression, dtype=np.float32)))  # (T, E)
         self.translation = t32(coarse.translation)  # (T, 3)
         self.camera = t32(coarse.camera)  # (4,)
         flow = np.asarray(pre.flow)
@@ -506,11 +505,20 @@ class ClipTensors:
             self.anchored[k] = _pooled(torch.from_numpy(flow).permute(2, 0, 1), size).to(self.anchored)
         return True
 
+    def prior_for(self, expression: torch.Tensor) -> torch.Tensor:
+        """The expression prior's target for a per-frame estimate (T, E): itself, or smoothed over time with a
+        Gaussian of `expr_prior_smooth_frames` frames."""
+        if self.prior_smooth_frames <= 0 or expression.shape[0] < 2:
+            return expression
+        smoothed = gaussian_filter1d(expression.detach().cpu().numpy(), self.prior_smooth_frames, axis=0,
+                                     mode="nearest")
+        return torch.as_tensor(smoothed, dtype=expression.dtype, device=expression.device)
+
     def use_solution(self, expression: torch.Tensor, pose: torch.Tensor, translation: torch.Tensor) -> None:
         """Replace the coarse fit's per-frame estimate by a solved one (`server.onset_solve`): the DEM's base, the
-        expression prior and the pose the rigid corrections start from."""
+        expression prior (smoothed as the coarse one was) and the pose the rigid corrections start from."""
         self.expression = expression
-        self.expression_prior = expression
+        self.expression_prior = self.prior_for(expression)
         self.pose = pose
         self.translation = translation
 
@@ -645,8 +653,8 @@ class ClipObjective:
         sel = (c.pair_frame >= start) & (c.pair_frame < stop)
         if cfg.dem_scope != "clip":
             sel &= c.pair_anchor >= start
-        if cfg.w_anchor_flow <= 0:
-            sel &= False
+        if cfg.w_anchor_flow <= 0 and c.photometry is None:
+            sel &= False  # no anchored term reads the pairs
         frames = torch.unique(torch.cat([run, c.pair_anchor[sel]]))  # sorted
         at = torch.searchsorted(frames, run)  # run's rows in `frames`
         batch = frames.shape[0]
@@ -680,10 +688,11 @@ class ClipObjective:
             pa, pt = c.pair_anchor[sel], c.pair_frame[sel]
             ia, it = torch.searchsorted(frames, pa), torch.searchsorted(frames, pt)
             weight = c.pair_weight[sel] * c.confidence[pa] * c.confidence[pt]
-            terms["anchor_flow"] = cfg.w_anchor_flow * L.anchored_flow_loss(
-                world_all[ia], world_all[it], c.anchored[sel], c.boxes[pa], c.boxes[pt], c.camera, topo.faces,
-                weight, vertex_mask, cfg.flow_eps, CROP,
-            )
+            if cfg.w_anchor_flow > 0:
+                terms["anchor_flow"] = cfg.w_anchor_flow * L.anchored_flow_loss(
+                    world_all[ia], world_all[it], c.anchored[sel], c.boxes[pa], c.boxes[pt], c.camera, topo.faces,
+                    weight, vertex_mask, cfg.flow_eps, CROP,
+                )
             if c.photometry is not None:
                 px = L.image_to_crop(project(world_all[it], c.camera), c.boxes[pt])
                 terms["photometric"] = cfg.w_photo * c.photometry.loss(px, weight, cfg.photo_eps,
@@ -832,8 +841,9 @@ def refine(
     and translation from the anchored flow); 'dem' re-estimates expressions (eq. 4-6); 'full' also adds rest-space
     vertex offsets (eq. 7-22), both networks optimised jointly on the clip's self-supervised losses.
 
-    Per-clip mode: networks start at the identity (zero last layers: output = coarse fit) or at `checkpoint`, and
-    Adam runs on random runs of `batch_frames` frames until `iterations`, `time_budget_s` or a loss plateau.
+    Per-clip mode: networks start at the identity (zero last layers: output = the per-frame estimate, the onset
+    solve's by default) or at `checkpoint`, and Adam runs on random runs of `batch_frames` (dem) /
+    `full_batch_frames` (full) frames until `iterations`, `time_budget_s` or a loss plateau.
     Raises Cancelled when `cancel()` turns true, ClipError / CheckpointError (one sentence) on bad input.
     """
     cfg = config or RefineConfig()
@@ -878,7 +888,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
 
     n_batch = min(max(cfg.full_batch_frames if stages == "full" else cfg.batch_frames, 2), clip.n_frames)
     best, smoothed, since_best = math.inf, None, 0
-    stopped_by, it = "iterations", 0
+    stopped_by, steps = "iterations", 0  # steps: how many optimiser steps ran
     t_loop = time.perf_counter()
     schedule = cfg.iterations  # the cosine schedule's length: the step count, unless the pace says the cap binds
     t_pace = t_loop
@@ -907,6 +917,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
         terms["total"].backward()
         for opt in optimizers:
             opt.step()
+        steps = it
         value = float(terms["total"].detach())
         if not math.isfinite(value):
             raise ClipError("The refinement diverged (non-finite loss); the clip's flow or landmarks are unusable.")
@@ -927,7 +938,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
             break
     t_opt = time.perf_counter()
     nets.eval()
-    final = objective.evaluate(stages) if it > 0 else dict(initial)  # nothing moved: the same whole-clip pass
+    final = objective.evaluate(stages) if steps > 0 else dict(initial)  # nothing moved: the same whole-clip pass
     psi, disp = objective.infer(stages)
     all_frames = torch.arange(clip.n_frames, device=device)
     pose = objective.pose(all_frames).detach()
@@ -936,7 +947,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
     report = {
         "stages": stages,
         "device": str(device),
-        "iterations": it,
+        "iterations": steps,
         "stopped_by": stopped_by,
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "checkpoint_step": int(ckpt["step"]) if ckpt is not None and "step" in ckpt else None,
@@ -948,7 +959,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
         "mean_pose_change_deg": float((pose - clip.pose).abs().mean() * 180.0 / math.pi),
         "mean_translation_change_mm": float((translation - clip.translation).abs().mean() * L.MM),
         "timings": {"setup_s": t_setup - t_start, "optimise_s": t_opt - t_setup,
-                    "seconds_per_iteration": (t_opt - t_loop) / max(it, 1), "inference_s": t_end - t_opt,
+                    "seconds_per_iteration": (t_opt - t_loop) / max(steps, 1), "inference_s": t_end - t_opt,
                     "total_s": t_end - t_start},
         "config": asdict(cfg),
     }

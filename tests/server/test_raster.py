@@ -97,3 +97,6 @@ def test_refinement_runs_with_the_photometric_term_on_a_made_clip(tmp_path: Path
     assert "photometric" in final and np.isfinite(final["photometric"]) and final["photometric"] > 0
     solve = result.report["onset_solve"]["losses"]
     assert solve["data_final"] < solve["data_initial"]  # with the photometric term inside, the solve's loss falls
+    # The networks' photometric term does not depend on the anchored flow term being on.
+    alone = refine(model, pre, coarse, stages="full", config=replace(cfg, w_anchor_flow=0.0, iterations=2))
+    assert "photometric" in alone.report["loss_final"] and "anchor_flow" not in alone.report["loss_final"]

@@ -13,7 +13,7 @@ from server.errors import Cancelled, ClipError
 from server.headmodel import HeadModel
 from server.models.toy import ToyCoarseFit, ToyPreprocessed, bump_offsets, make_toy_clip, toy_head_data
 from server.onset_solve import solve_step_count
-from server.refine import RefineConfig, Refined, refine, solve_progress_steps
+from server.refine import RefineConfig, Refined, prepare_clip, refine, solve_progress_steps
 
 T = 12
 
@@ -96,6 +96,20 @@ def test_dem_stage_refines_expression_only(toy: Any) -> None:
     assert result.expression.dtype == np.float32 and result.expression.shape == (T, model.num_expression)
     assert np.isfinite(result.expression).all()
     assert result.report["stages"] == "dem" and result.report["max_displacement_mm"] == 0.0
+
+
+def test_the_expression_prior_smooths_the_solved_estimate(toy: Any) -> None:
+    """`expr_prior_smooth_frames` smooths whatever per-frame estimate the networks start from: the solve's."""
+    from scipy.ndimage import gaussian_filter1d
+
+    model, pre, coarse, _ = toy
+    clip, _, report = prepare_clip(model, pre, coarse, replace(FAST, expr_prior_smooth_frames=2.0),
+                                   torch.device("cpu"))
+    assert report is not None  # the onset solve ran and replaced the coarse estimate
+    solved = clip.expression.numpy()
+    expected = gaussian_filter1d(solved, 2.0, axis=0, mode="nearest")
+    assert np.abs(expected - solved).max() > 1e-4  # the solved estimate moves, so smoothing changes it
+    np.testing.assert_allclose(clip.expression_prior.numpy(), expected, atol=1e-6)
 
 
 def test_zero_iterations_returns_the_networks_starting_point(toy: Any) -> None:
