@@ -13,7 +13,8 @@ zero over stage 2 (cosine), so components without support settle at zero instead
 (3) An L1 prior selects the components well but shrinks the ones it keeps: on the made clips the solved motion
 was 0.7-0.8 of the true motion's size (a least-squares slope of 1.3-1.8 from the solved to the true
 onset-relative displacement). So the changes the sparse stage kept (over `solve_refit_min_mm` at a frame) are
-fitted again to the data alone, the others held at zero: the "relaxed lasso" refit.
+fitted again to the data alone, the others frozen where the sparse stage left them: a "relaxed lasso"
+refit.
 
 The solve can run in passes (`solve_passes`, `server.refine.prepare_clip`): after a pass, the anchored flow is
 estimated again on crop t warped by the solved mesh's motion a -> t, so the estimator sees only what the mesh

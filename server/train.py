@@ -57,7 +57,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of the initialisation and the sampling."""
     model: RefineConfig = field(default_factory=lambda: RefineConfig(dem_scope="window"))
-    """Architecture and loss weights, shared with `refine` (stored in the checkpoint)."""
+    """Architecture and loss weights, shared with `refine` (stored in the checkpoint). Training always runs the DEM
+    in window scope (`dem_scope="window"`, whatever this says): each step sees an 8-frame window, not a clip."""
 
 
 def list_clips(clips_dir: str | Path) -> list[Path]:
