@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 class MicroexpError(Exception):
-    """Base for failures with a user-facing one-sentence message; `code` names the kind for the protocol."""
+    """Base for failures with a user-facing one-sentence message; `code` names the kind for the protocol
+    (docs/protocol.md). One that names no more specific kind is the server's own failure."""
 
-    code = "error"
+    code = "internal"
 
 
 class ClipError(MicroexpError):
@@ -19,6 +20,12 @@ class OutputError(MicroexpError):
     """The output folder cannot be created or written."""
 
     code = "output"
+
+
+class InternalError(MicroexpError):
+    """The server's own failure that it can still say in one sentence, e.g. a reconstruction that diverged to NaN."""
+
+    code = "internal"
 
 
 class Cancelled(Exception):

@@ -58,7 +58,7 @@ def test_not_a_flame_file_is_named_before_any_preprocessing(tmp_path):
     bogus.write_text("this is not a FLAME model")
     code, events = run_job(tmp_path, clip=str(tmp_path / "whatever.mp4"), output=str(tmp_path / "out"),
                            model=str(bogus))
-    assert code == 1 and events[-1]["type"] == "error"
+    assert code == 1 and events[-1]["type"] == "error" and events[-1]["code"] == "head_model"
     assert "generic_model.pkl" in events[-1]["message"]
     assert not any(e["type"] == "stage" for e in events)
 

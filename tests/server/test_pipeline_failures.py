@@ -1,0 +1,97 @@
+"""How the pipeline fails: error codes against docs/protocol.md, and what a failed or cancelled write leaves behind.
+
+The heavy stages (preprocessing, the fit) are replaced by stand-ins returning a tiny take, so these run in a second.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.errors import InternalError, MicroexpError
+from server.pipeline import ReconstructOptions, reconstruct
+
+ROOT = Path(__file__).resolve().parents[2]
+T, E, J = 3, 2, 2
+
+
+def tiny_arrays() -> dict[str, np.ndarray]:
+    """A valid take of a tetrahedron over T frames."""
+    tetra = np.array([[0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.1]], np.float32)
+    return {
+        "template": tetra, "faces": np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], np.int32),
+        "shape": np.zeros(2, np.float32), "expression_basis": np.zeros((4, 3, E), np.float32),
+        "expression": np.zeros((T, E), np.float32), "pose_corrective_basis": np.zeros((4, 3, 9), np.float32),
+        "pose": np.zeros((T, J, 3), np.float32), "joints_rest": np.zeros((J, 3), np.float32),
+        "joint_parents": np.array([-1, 0], np.int32), "skin_weights": np.full((4, J), 0.5, np.float32),
+        "translation": np.tile(np.array([0, 0, -0.5], np.float32), (T, 1)),
+        "camera": np.array([60.0, 60.0, 32.0, 24.0], np.float32), "image_size": np.array([64, 48], np.int32),
+        "displacement": np.zeros((T, 4, 3), np.float32), "detail_basis": np.zeros((0, 4, 3), np.float32),
+        "detail_weights": np.zeros((T, 0), np.float32), "vertices": np.tile(tetra, (T, 1, 1)),
+        "landmarks68": np.zeros((T, 68, 2), np.float32), "landmarks_mp": np.zeros((T, 5, 2), np.float32),
+        "confidence": np.ones(T, np.float32), "face_found": np.ones(T, bool),
+        "frame_numbers": np.arange(T, dtype=np.int32),
+    }
+
+
+@pytest.fixture
+def stubbed(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """reconstruct() with stand-in stages; edit `arrays` to change the take they produce."""
+    import server.fit
+    import server.pipeline
+    import server.preprocess
+    import server.take
+
+    state: dict[str, Any] = {"arrays": tiny_arrays()}
+    pre = SimpleNamespace(fps=30.0, frame_numbers=np.arange(T), image_size=(64, 48), face_found=np.ones(T, bool),
+                          warnings=[], timings={})
+    coarse = SimpleNamespace(expression=np.zeros((T, E)), pose=np.zeros((T, J, 3)), translation=np.zeros((T, 3)),
+                             shape=np.zeros(2), camera=np.zeros(4), landmark_error_iod=0.01, vertices=None)
+    monkeypatch.setattr(server.preprocess, "preprocess", lambda *a, **k: pre)
+    monkeypatch.setattr(server.pipeline, "load_model", lambda *a, **k: object())
+    monkeypatch.setattr(server.fit, "fit_coarse", lambda *a, **k: coarse)
+    monkeypatch.setattr(server.take, "build_take_arrays",
+                        lambda *a, **k: (state["arrays"], {"detail_components": 0, "detail_energy_kept": 1.0}))
+    monkeypatch.setattr(server.take, "head_model_header", lambda model: {
+        "id": "tiny", "kind": "builtin", "expression_names": [f"e{i}" for i in range(E)],
+        "joint_names": [f"j{i}" for i in range(J)]})
+    return state
+
+
+def documented_error_codes() -> set[str]:
+    text = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    table = text.split("Error codes the server sends:", 1)[1].split("\n\n", 2)[1]
+    return set(re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M))
+
+
+def test_every_error_code_the_server_sends_is_documented():
+    from blender_microexp.core.protocol import ProtocolError
+    from server.errors import ClipError, OutputError
+    from server.headmodel import HeadModelError
+    from server.models.checkpoint import CheckpointError
+
+    sent = {cls.code for cls in (MicroexpError, ClipError, OutputError, HeadModelError, CheckpointError,
+                                 InternalError)}
+    sent.add(getattr(ProtocolError("x"), "code", "job"))  # what server/cli.py sends for a refused job file
+    sent.add("internal")  # the catch-all
+    assert sent == documented_error_codes()
+
+
+def test_a_take_holding_nan_is_the_servers_failure_and_nothing_is_written(tmp_path, stubbed):
+    stubbed["arrays"]["expression"][1, 0] = np.nan
+    with pytest.raises(InternalError) as info:
+        reconstruct(tmp_path / "clip.mp4", tmp_path / "out", ReconstructOptions(stages="coarse", preview=False))
+    assert info.value.code == "internal"
+    assert str(info.value) == ("The reconstructed take: array 'expression' holds NaN or infinite values, "
+                               "so it was not written.")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_the_stand_in_pipeline_writes_a_take(tmp_path, stubbed):
+    result = reconstruct(tmp_path / "clip.mp4", tmp_path / "out", ReconstructOptions(stages="coarse", preview=False))
+    assert sorted(p.name for p in result.take_dir.iterdir()) == ["take.json", "take.npz"]
