@@ -99,10 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (MicroexpError, ProtocolError) as exc:
         rep.emit("error", code=getattr(exc, "code", "job"), message=str(exc), log=log_path)
         return EXIT_ERROR
-    except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        rep.emit("error", code="internal", message=f"The server failed unexpectedly ({exc.__class__.__name__}: "
-                 f"{exc}); see the log.", log=log_path)
+    except Exception:
+        traceback.print_exc(file=sys.stderr)  # the details go to the log only
+        rep.emit("error", code="internal", message=f"The server failed unexpectedly; the details are in {log_path}.",
+                 log=log_path)
         return EXIT_ERROR
 
 

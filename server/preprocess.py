@@ -202,7 +202,12 @@ def preprocess(
     )
     if cache is not None:
         _check(cancel)
-        cache.store(key, {name: getattr(result, name) for name in _ARRAY_FIELDS}, _meta(result))
+        try:
+            cache.store(key, {name: getattr(result, name) for name in _ARRAY_FIELDS}, _meta(result))
+        except OSError as exc:  # a full disk or a read-only cache folder costs the cache, not the job
+            result.warnings.append(f"The preprocessing cache in {cache.root} could not be written "
+                                   f"({exc.strerror or 'write failed'}), so this clip will be preprocessed again "
+                                   "next time.")
     return result
 
 

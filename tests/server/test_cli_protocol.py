@@ -135,3 +135,32 @@ def test_cancel_stops_within_a_second_and_leaves_no_take(tmp_path, made_clip, ho
     assert elapsed < 1.5, f"took {elapsed:.2f} s to stop"
     assert not (out_dir / "take.json").exists() and not (out_dir / "take.npz").exists()
     assert not list(out_dir.glob(".take-*")) and not (out_dir / "preview.mp4").exists()
+
+
+def test_an_unexpected_failure_is_one_fixed_sentence_with_the_details_in_the_log(tmp_path, monkeypatch, capsys):
+    import argparse
+    import io
+
+    import server.cli
+    import server.events
+    import server.pipeline
+
+    events = io.StringIO()
+    monkeypatch.setattr(server.events.ProtocolReporter, "take_over_stdout",
+                        classmethod(lambda cls: cls(events)))
+    monkeypatch.setattr(server.events.CancelFlag, "install_signal_handlers", lambda self: None)
+    monkeypatch.setattr(server.events.CancelFlag, "watch_stdin", lambda self, stream: None)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("shape mismatch in layer 3\nsecond line of detail")
+
+    monkeypatch.setattr(server.pipeline, "reconstruct", broken)
+    job = tmp_path / "job.json"
+    JobSpec(clip=str(tmp_path / "c.mp4"), output=str(tmp_path / "out")).write(job)
+    assert server.cli.cmd_run(argparse.Namespace(job=str(job))) == 1
+    error = decode_event(events.getvalue().splitlines()[-1])
+    log = str(tmp_path / "server.log")
+    assert error == {"type": "error", "code": "internal", "log": log,
+                     "message": f"The server failed unexpectedly; the details are in {log}."}
+    logged = capsys.readouterr().err
+    assert "RuntimeError: shape mismatch in layer 3" in logged and "Traceback" in logged

@@ -95,3 +95,19 @@ def test_a_take_holding_nan_is_the_servers_failure_and_nothing_is_written(tmp_pa
 def test_the_stand_in_pipeline_writes_a_take(tmp_path, stubbed):
     result = reconstruct(tmp_path / "clip.mp4", tmp_path / "out", ReconstructOptions(stages="coarse", preview=False))
     assert sorted(p.name for p in result.take_dir.iterdir()) == ["take.json", "take.npz"]
+
+
+def test_a_full_disk_while_writing_the_take_is_the_output_error(tmp_path, stubbed, monkeypatch):
+    import errno
+
+    from server.errors import OutputError
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as info:
+        reconstruct(tmp_path / "clip.mp4", out, ReconstructOptions(stages="coarse", preview=False))
+    assert str(info.value) == f"Could not write the take into {out} (No space left on device)."
+    assert list(out.iterdir()) == []

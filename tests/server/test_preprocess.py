@@ -152,6 +152,22 @@ def test_second_run_hits_the_cache_and_other_flow_mode_misses(clips: dict[str, P
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
 
 
+def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(clips: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from server.cache import PreprocessCache
+
+    def full_disk(self: PreprocessCache, *_args: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreprocessCache, "store", full_disk)
+    pre = preprocess(clips["moving"], frames=(0, 3), cache_dir=tmp_path)
+    assert len(pre.frame_numbers) == 3
+    assert pre.warnings[-1] == (f"The preprocessing cache in {tmp_path} could not be written (No space left on "
+                                "device), so this clip will be preprocessed again next time.")
+
+
 def test_cache_location_defaults_to_the_environment(clips: dict[str, Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROEXP_CACHE", str(tmp_path / "envcache"))
