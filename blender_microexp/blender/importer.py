@@ -191,10 +191,13 @@ def _attach_clip(cam_data: Any, clip_path: str, frame_offset: int, created: _Cre
         return None
     if not os.path.isfile(clip_path):
         return f"The source clip {clip_path} was not found, so the camera has no background."
+    count = len(bpy.data.movieclips)
     try:
-        clip = created.add(bpy.data.movieclips, bpy.data.movieclips.load(clip_path, check_existing=True))
+        clip = bpy.data.movieclips.load(clip_path, check_existing=True)
     except RuntimeError:
         return f"Blender could not open the source clip {clip_path}, so the camera has no background."
+    if len(bpy.data.movieclips) > count:  # new; an existing clip (the user's, or an earlier import's) is shared
+        created.add(bpy.data.movieclips, clip)
     clip.frame_start = frame_offset
     background = cam_data.background_images.new()
     background.source = "MOVIE_CLIP"
@@ -259,6 +262,9 @@ def _animate(anim: compat.TakeAnimation, arm_obj: Any, key: Any, take: Take, fra
         compat.fill_fcurve(fc, frames, values)
 
 
+PART = "microexp_part"  # custom property naming an import's own objects and actions (root, camera, rig, head, take)
+
+
 def _objects_under(root: Any) -> list[Any]:
     out = [root]
     for child in root.children:
@@ -266,24 +272,131 @@ def _objects_under(root: Any) -> list[Any]:
     return out
 
 
-def _remove_rig(root: Any) -> None:
-    """Delete an earlier import: its objects, their data, actions and (if then empty) collections."""
-    objects = _objects_under(root)
-    collections = {c for obj in objects for c in obj.users_collection}
+def rig_parts(root: Any) -> dict[str, Any]:
+    """An import's own objects by role ('root', 'camera', 'rig', 'head'); not the user's objects parented to them.
+
+    Imports tag their objects; for an untagged one (made before the tags) the roles follow the layout."""
+    parts = {"root": root}
+    for obj in _objects_under(root)[1:]:
+        role = obj.get(PART)
+        if role in ("camera", "rig", "head") and role not in parts:
+            parts[role] = obj
+    if len(parts) == 1:
+        for child in root.children:
+            if child.type == "CAMERA" and "camera" not in parts:
+                parts["camera"] = child
+            elif child.type == "ARMATURE" and "rig" not in parts:
+                parts["rig"] = child
+        if "rig" in parts:
+            heads = [c for c in parts["rig"].children if c.type == "MESH"
+                     and any(m.type == "ARMATURE" and m.object == parts["rig"] for m in c.modifiers)]
+            if heads:
+                parts["head"] = heads[0]
+    return parts
+
+
+def _animated(obj: Any) -> list[Any]:
+    """The datablocks of an import's object that carry its animation: the object, and a mesh's shape keys."""
+    owners = [obj]
+    keys = getattr(obj.data, "shape_keys", None)
+    if keys is not None:
+        owners.append(keys)
+    return owners
+
+
+def _is_take_action(action: Any, take_names: set[str]) -> bool:
+    role = action.get(PART)
+    return role == "take" if role is not None else action.name in take_names
+
+
+def _move_user_animation(old: Any, new: Any, take_names: set[str]) -> None:
+    """The user's own animation on an import's datablock (an active action they keyed, NLA tracks holding other
+    actions) moves to the same datablock of the new import."""
+    ad = old.animation_data
+    if ad is None:
+        return
+    target = None
+
+    def target_data() -> Any:
+        nonlocal target
+        target = target or new.animation_data or new.animation_data_create()
+        return target
+
+    if ad.action is not None and not _is_take_action(ad.action, take_names):
+        data = target_data()
+        data.action = ad.action
+        if compat.SLOTTED_ACTIONS and ad.action_slot is not None:
+            data.action_slot = ad.action_slot
+    for track in ad.nla_tracks:
+        strips = [st for st in track.strips if st.action is not None and not _is_take_action(st.action, take_names)]
+        if not strips:
+            continue
+        moved = target_data().nla_tracks.new()
+        moved.name, moved.mute, moved.lock = track.name, track.mute, track.lock
+        for st in strips:
+            copy = moved.strips.new(st.name, int(st.frame_start), st.action)
+            if compat.SLOTTED_ACTIONS and st.action_slot is not None:
+                copy.action_slot = st.action_slot
+            for attr in ("action_frame_start", "action_frame_end", "scale", "repeat", "blend_type",
+                         "extrapolation", "blend_in", "blend_out", "use_reverse", "mute", "use_animated_influence",
+                         "influence"):
+                with contextlib.suppress(AttributeError, TypeError, RuntimeError):
+                    setattr(copy, attr, getattr(st, attr))
+
+
+def _remove_rig(root: Any, new: ImportResult | None = None) -> None:
+    """Delete an earlier import: its own objects, their data, its actions and (if then empty) its collection.
+
+    The user's objects parented to it, its collection's other objects and the user's animation on its parts move
+    to the same parts of `new` (the import replacing it); without one, they are kept in place, unparented."""
+    parts = rig_parts(root)
+    own = set(parts.values())
+    take_names = {root.name.removesuffix("_root"), root.name.removesuffix("_root") + compat.SHAPES_SUFFIX}
+    new_parts = {"root": new.root, "camera": new.camera, "rig": new.armature, "head": new.mesh} if new else {}
+    for role, obj in parts.items():
+        if role in new_parts:
+            for old_owner, new_owner in zip(_animated(obj), _animated(new_parts[role]), strict=False):
+                _move_user_animation(old_owner, new_owner, take_names)
+    if new is not None and "head" in parts and not new.mesh.data.materials:
+        for material in parts["head"].data.materials:  # the artist's look stays on the updated head
+            new.mesh.data.materials.append(material)
+    for obj in _objects_under(root):
+        if obj in own or obj.parent not in own:
+            continue
+        role = next(r for r, part in parts.items() if part == obj.parent)
+        if role in new_parts:
+            obj.parent = new_parts[role]  # same role, same motion: parent type, bone and inverse still hold
+        else:
+            world = obj.matrix_world.copy()
+            obj.parent = None
+            obj.matrix_world = world
+    collections = {c for obj in own for c in obj.users_collection}
+    if new is not None:
+        for coll in collections:
+            if coll.name.startswith(COLLECTION_PREFIX):
+                for obj in list(coll.objects):
+                    if obj not in own:
+                        if new.collection not in obj.users_collection:
+                            new.collection.objects.link(obj)
+                        coll.objects.unlink(obj)
     actions = set()
     datas = []
-    for obj in objects:
-        for owner in (obj, getattr(obj.data, "shape_keys", None)):
-            ad = getattr(owner, "animation_data", None) if owner is not None else None
+    clips: set[Any] = set()
+    for obj in own:
+        for owner in _animated(obj):
+            ad = owner.animation_data
             if ad is None:
                 continue
-            if ad.action is not None:
+            if ad.action is not None and _is_take_action(ad.action, take_names):
                 actions.add(ad.action)
             for track in ad.nla_tracks:
-                actions.update(s.action for s in track.strips if s.action is not None)
+                actions.update(st.action for st in track.strips
+                               if st.action is not None and _is_take_action(st.action, take_names))
         if obj.data is not None:
             datas.append(obj.data)
-    for obj in objects:
+            if obj.type == "CAMERA":
+                clips.update(bg.clip for bg in obj.data.background_images if bg.clip is not None)
+    for obj in own:
         bpy.data.objects.remove(obj)
     owners = ((bpy.types.Mesh, bpy.data.meshes), (bpy.types.Armature, bpy.data.armatures),
               (bpy.types.Camera, bpy.data.cameras))
@@ -296,6 +409,9 @@ def _remove_rig(root: Any) -> None:
     for action in actions:
         if action.users == 0:
             bpy.data.actions.remove(action)
+    for clip in clips:
+        if clip.users == 0:  # the new import shares it when it shows the same file
+            bpy.data.movieclips.remove(clip)
     for coll in collections:
         if coll.name.startswith(COLLECTION_PREFIX) and not coll.objects and not coll.children:
             bpy.data.collections.remove(coll)
@@ -319,6 +435,12 @@ def import_take(context: Any, source: str | os.PathLike[str] | Take, *, frame_st
     take_id = take_identity(take)
     take_path = str(take.path.resolve()) if take.path else ""
     old_root = replace if replace is not None else find_imported_root(take_id, take_path)
+    if old_root is not None:
+        old_head = rig_parts(old_root).get("head")
+        n_old, n_new = (len(old_head.data.vertices) if old_head is not None else 0), len(take["template"])
+        if old_head is not None and n_old != n_new:
+            raise ImportTakeError(f"The rig {old_root.name} has a head of {n_old} vertices and this take's head has "
+                                  f"{n_new} (another head model), so it cannot be updated; import it as a new rig.")
     created = _Created()
     anim = compat.TakeAnimation(name)
     try:
@@ -331,8 +453,10 @@ def import_take(context: Any, source: str | os.PathLike[str] | Take, *, frame_st
             raise
         raise ImportTakeError(f"Importing the take failed ({exc.__class__.__name__}: {exc}).") from exc
     result.actions = list(anim.created)
+    for action in result.actions:
+        action[PART] = "take"
     if old_root is not None:
-        _remove_rig(old_root)
+        _remove_rig(old_root, result)
         result.replaced = True
     _finalise_names(result, name)
     prov = result.root.microexp_take
@@ -367,6 +491,7 @@ def _build(context: Any, take: Take, name: str, frame_start: int, push_to_nla: b
     scene.collection.children.link(collection)
 
     root = created.add(bpy.data.objects, bpy.data.objects.new(name + "_root", None))
+    root[PART] = "root"
     root.empty_display_type = "PLAIN_AXES"
     root.empty_display_size = 0.05
     # Head coordinates are y-up, Blender is z-up: +90° about X maps y to z (and z to -y).
@@ -376,6 +501,7 @@ def _build(context: Any, take: Take, name: str, frame_start: int, push_to_nla: b
     cam_data = created.add(bpy.data.cameras, bpy.data.cameras.new(name + "_camera"))
     _setup_camera(cam_data, take)
     camera = created.add(bpy.data.objects, bpy.data.objects.new(name + "_camera", cam_data))
+    camera[PART] = "camera"
     camera.parent = root  # our camera convention (looks down -Z, y up) is Blender's: identity
     collection.objects.link(camera)
     first_source = int(take["frame_numbers"][0]) if take.frame_count else 0
@@ -386,6 +512,7 @@ def _build(context: Any, take: Take, name: str, frame_start: int, push_to_nla: b
     arm_data = created.add(bpy.data.armatures, bpy.data.armatures.new(name + "_rig"))
     arm_data.display_type = "STICK"
     arm_obj = created.add(bpy.data.objects, bpy.data.objects.new(name + "_rig", arm_data))
+    arm_obj[PART] = "rig"
     arm_obj.parent = root
     arm_obj.rotation_mode = "QUATERNION"
     collection.objects.link(arm_obj)
@@ -395,6 +522,7 @@ def _build(context: Any, take: Take, name: str, frame_start: int, push_to_nla: b
 
     mesh = created.add(bpy.data.meshes, _build_mesh(name + "_head", template, take["faces"]))
     mesh_obj = created.add(bpy.data.objects, bpy.data.objects.new(name + "_head", mesh))
+    mesh_obj[PART] = "head"
     mesh_obj.parent = arm_obj
     collection.objects.link(mesh_obj)
     _add_vertex_groups(mesh_obj, take.joint_names, take["skin_weights"])

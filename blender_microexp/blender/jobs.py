@@ -7,6 +7,7 @@ tests and the UI go through the same code. Only this main-thread code touches bp
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ class JobController:
         self.job = job
         self.job_dir = job_dir
         self.frame_start = frame_start
-        self.replace = replace
+        # The rig to update, found again at import by what the import stored on it: a Python reference to it
+        # dies if the rig is deleted (or the file undone) while the job runs.
+        self.replace_name = replace.name if replace is not None else ""
+        self.replace_id = (replace.microexp_take.take_id, replace.microexp_take.take_path) if replace else None
         self.progress = jobs.JobProgress()
         self.outcome: Outcome | None = None
 
@@ -109,7 +113,10 @@ class JobController:
             elif kind == "hello":
                 state.text = f"Server ready on {event.get('device', '?')}"
             elif kind == "done":
-                self.outcome = self._import(context, str(event.get("take", "")))
+                if state.cancel_requested or self.job.cancelling:  # too late for the server, not for the import
+                    self.outcome = Outcome("CANCELLED", "The reconstruction was cancelled; nothing was imported.")
+                else:
+                    self.outcome = self._import(context, str(event.get("take", "")))
             elif kind == "cancelled":
                 self.outcome = Outcome("CANCELLED", "The reconstruction was cancelled; nothing was imported.")
             elif kind == "error":
@@ -122,13 +129,25 @@ class JobController:
         return self.outcome
 
     def _import(self, context: Any, take_path: str) -> Outcome:
+        replace, warnings = None, []
+        if self.replace_id is not None:
+            replace = importer.find_imported_root(*self.replace_id)
+            if replace is None:
+                warnings.append(f"The rig {self.replace_name} was deleted during the reconstruction, so the take "
+                                f"was imported as a new rig.")
         try:
-            result = importer.import_take(context, take_path, frame_start=self.frame_start, replace=self.replace)
+            result = importer.import_take(context, take_path, frame_start=self.frame_start, replace=replace)
         except importer.ImportTakeError as exc:
             return Outcome("ERROR", str(exc))
+        except Exception:  # a bug, not the user's doing: the console gets the traceback, the panel one sentence
+            traceback.print_exc()
+            return Outcome("ERROR", f"Importing the take failed unexpectedly; it is still in {take_path} (details "
+                                    f"in the system console).")
+        if replace is not None and result.replaced:
+            context.scene.microexp.target_root = result.root  # the next run updates the new rig
         verb = "Updated" if result.replaced else "Imported"
         return Outcome("FINISHED", f"{verb} {result.collection.name} ({result.frame_end - result.frame_start + 1} "
-                                   f"frames).", result=result, warnings=result.warnings)
+                                   f"frames).", result=result, warnings=warnings + result.warnings)
 
     def _finish(self, context: Any) -> None:
         state = context.window_manager.microexp_job

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,99 @@ def check_failure_midway_leaves_nothing(tmp: Path) -> None:
             len(bpy.data.actions), len(bpy.data.cameras)) == before
 
 
+def _still_image(path: Path) -> Path:
+    """A tiny PNG Blender can open as a movie clip (the tests have no video encoder in Blender's Python)."""
+    image = bpy.data.images.new("still", 8, 8)
+    image.filepath_raw = str(path)
+    image.file_format = "PNG"
+    image.save()
+    bpy.data.images.remove(image)
+    return path
+
+
+def check_failure_keeps_an_existing_clip(tmp: Path) -> None:
+    """A movie clip that was already in the file (the take's source, loaded by the user) survives a failed import."""
+    fresh_file()
+    still = _still_image(tmp / "source.png")
+    users_clip = bpy.data.movieclips.load(str(still))
+    folder = fixtures.make_fixture_take(tmp / "take_clip", T=4, V=60, E=2, K=1, P=0, clip=str(still))
+    original = compat.fill_fcurve
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("simulated failure")
+
+    compat.fill_fcurve = broken  # type: ignore[assignment]
+    try:
+        importer.import_take(bpy.context, folder)
+    except importer.ImportTakeError:
+        pass
+    else:
+        raise AssertionError("the failure was not reported")
+    finally:
+        compat.fill_fcurve = original
+    assert list(bpy.data.movieclips) == [users_clip]
+    # A successful import shares it rather than loading the file again.
+    result = importer.import_take(bpy.context, folder)
+    assert list(bpy.data.movieclips) == [users_clip]
+    assert result.camera.data.background_images[0].clip == users_clip
+
+
+def check_update_keeps_the_users_work(tmp: Path) -> None:
+    """Updating a rig replaces only what the import made: the artist's parented objects, material, keyed action
+    and NLA layer move to the new rig; the old rig's objects, data, actions and clip are gone."""
+    fresh_file()
+    still = _still_image(tmp / "shot.png")
+    first = importer.import_take(bpy.context, fixtures.make_fixture_take(tmp / "take_a", T=6, V=100, E=3, K=2,
+                                                                          P=36, seed=3, clip=str(still)))
+    glasses = bpy.data.objects.new("glasses", None)
+    first.collection.objects.link(glasses)
+    glasses.parent = first.mesh
+    skin = bpy.data.materials.new("skin")
+    first.mesh.data.materials.append(skin)
+    first.armature.keyframe_insert("location", index=0, frame=3)  # the artist keys the rig: their own action
+    tweak = first.armature.animation_data.action
+    first.mesh.keyframe_insert("location", index=2, frame=2)
+    head_ad = first.mesh.animation_data
+    layer_action = head_ad.action
+    track = head_ad.nla_tracks.new()
+    track.name = "artist layer"
+    strip = track.strips.new("layer", 2, layer_action)
+    if compat.SLOTTED_ACTIONS:
+        strip.action_slot = head_ad.action_slot
+    head_ad.action = None
+    second = fixtures.make_fixture_take(tmp / "take_b", T=8, V=100, E=3, K=2, P=36, seed=4, clip=str(still))
+    again = importer.import_take(bpy.context, second, replace=first.root)
+    assert again.replaced
+    assert glasses.parent == again.mesh and again.collection in glasses.users_collection
+    assert list(again.mesh.data.materials) == [skin]
+    assert again.armature.animation_data.action == tweak
+    layers = [t for t in again.mesh.animation_data.nla_tracks if t.name == "artist layer"]
+    assert len(layers) == 1 and layers[0].strips[0].action == layer_action
+    assert int(layers[0].strips[0].frame_start) == 2
+    assert {o.name for o in bpy.data.objects} == {"shot_root", "shot_camera", "shot_rig", "shot_head", "glasses"}
+    assert (len(bpy.data.meshes), len(bpy.data.armatures), len(bpy.data.cameras), len(bpy.data.movieclips)) == \
+        (1, 1, 1, 1)
+    assert {a.name for a in bpy.data.actions} == {a.name for a in again.actions} | {tweak.name, layer_action.name}
+    assert [c.name for c in bpy.data.collections] == ["MicroExp shot"]  # the rig is named after its clip
+    assert_matches_take(again, second, [0, 7])
+
+
+def check_update_refuses_another_head(tmp: Path) -> None:
+    fresh_file()
+    first = importer.import_take(bpy.context, fixtures.make_fixture_take(tmp / "take_small", T=4, V=60, E=2, K=1))
+    counts = (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.actions), len(bpy.data.collections))
+    other = fixtures.make_fixture_take(tmp / "take_big", T=4, V=80, E=2, K=1)
+    try:
+        importer.import_take(bpy.context, other, replace=first.root)
+    except importer.ImportTakeError as exc:
+        assert str(exc) == ("The rig take_small_root has a head of 60 vertices and this take's head has 80 (another "
+                            "head model), so it cannot be updated; import it as a new rig.")
+    else:
+        raise AssertionError("a rig was updated with another head model's take")
+    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.actions), len(bpy.data.collections)) == counts
+    assert first.root.name == "take_small_root"
+
+
 def check_save_and_reopen(tmp: Path) -> None:
     fresh_file()
     folder = fixtures.make_fixture_take(tmp / "take_saved", T=6, V=120, E=3, K=2, P=36)
@@ -375,6 +469,63 @@ def check_controller_cancel(tmp: Path) -> None:
     assert not state.running and not [c for c in bpy.data.collections if c.name.startswith("MicroExp")]
 
 
+def _run_controller(tmp: Path, before_done: Callable[[], None] | None = None) -> Any:
+    """Start a job on the fake server ('ok': writes a take at once) and pump it to its end; `before_done` runs
+    once the server has exited, before its events (done included) are read."""
+    from blender_microexp.blender.jobs import JobController
+
+    controller = JobController.start(bpy.context, env={**os.environ, "MICROEXP_FAKE_MODE": "ok"})
+    deadline = time.monotonic() + 30
+    while controller.job.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if before_done is not None:
+        before_done()
+    outcome = None
+    while outcome is None and time.monotonic() < deadline:
+        outcome = controller.pump(bpy.context)
+        time.sleep(0.05)
+    assert outcome is not None, "the job did not end"
+    return outcome
+
+
+def check_job_updates_the_chosen_rig_or_a_new_one(tmp: Path) -> None:
+    """Update Rig follows the chosen rig by identity: the panel then points at the new rig; a rig deleted while the
+    job ran makes the take a new rig, with a warning; a cancel that comes after the take was written imports nothing."""
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    clip = tmp / "clip_face.mp4"
+    clip.write_bytes(b"not decoded by the fake server")
+    scene = bpy.context.scene.microexp
+    scene.clip = str(clip)
+    assert _run_controller(tmp).status == "FINISHED"
+    scene.target = "UPDATE"
+    scene.target_root = bpy.data.objects["clip_face_root"]
+    outcome = _run_controller(tmp)
+    assert outcome.status == "FINISHED" and outcome.message.startswith("Updated MicroExp clip_face"), outcome.message
+    assert scene.target_root == outcome.result.root and len(bpy.data.armatures) == 1
+
+    def delete_target() -> None:
+        importer._remove_rig(scene.target_root)
+
+    outcome = _run_controller(tmp, delete_target)
+    assert outcome.status == "FINISHED" and outcome.message.startswith("Imported MicroExp clip_face"), outcome.message
+    assert outcome.warnings[0] == ("The rig clip_face_root was deleted during the reconstruction, so the take was "
+                                   "imported as a new rig.")
+    assert len(bpy.data.armatures) == 1 and not bpy.context.window_manager.microexp_job.running
+
+    scene.target = "NEW"
+    counts = (len(bpy.data.objects), len(bpy.data.actions), len(bpy.data.collections))
+
+    def press_cancel() -> None:
+        bpy.context.window_manager.microexp_job.cancel_requested = True
+
+    outcome = _run_controller(tmp, press_cancel)
+    assert outcome.status == "CANCELLED" and outcome.message == ("The reconstruction was cancelled; nothing was "
+                                                                 "imported.")
+    assert (len(bpy.data.objects), len(bpy.data.actions), len(bpy.data.collections)) == counts
+    assert not bpy.context.window_manager.microexp_job.running
+
+
 def check_load_pre_stops_jobs(tmp: Path) -> None:
     from blender_microexp.blender.jobs import JobController
 
@@ -417,6 +568,9 @@ ALL_CHECKS = [
     check_reimport_updates,
     check_damaged_take,
     check_failure_midway_leaves_nothing,
+    check_failure_keeps_an_existing_clip,
+    check_update_keeps_the_users_work,
+    check_update_refuses_another_head,
     check_save_and_reopen,
     check_operator_job_imports,
     check_operator_job_crash,
@@ -424,6 +578,7 @@ ALL_CHECKS = [
     check_operator_setup_error,
     check_operator_checkpoint,
     check_controller_cancel,
+    check_job_updates_the_chosen_rig_or_a_new_one,
     check_load_pre_stops_jobs,
 ]
 SHARED_CHECKS = [check_flame_topology]
