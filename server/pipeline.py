@@ -122,9 +122,10 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     flame_model = None if opts.model == "builtin" else load_model(opts.model)
     if opts.checkpoint is not None and opts.stages != "coarse":
         from .models.checkpoint import load_checkpoint
-        from .refine import model_dims
+        from .refine import RefineConfig, check_checkpoint_fits, model_dims
 
-        load_checkpoint(opts.checkpoint, None if flame_model is None else model_dims(flame_model))
+        ckpt = load_checkpoint(opts.checkpoint, None if flame_model is None else model_dims(flame_model))
+        check_checkpoint_fits(ckpt, opts.checkpoint, RefineConfig(**opts.refine_overrides))
 
     rep.stage("preprocess", 0, n_stages)
     pre = preprocess(str(clip), frames=opts.frames, flow=opts.flow, cache_dir=opts.cache_dir,

@@ -23,7 +23,7 @@ from server import losses as L
 from server.errors import Cancelled, ClipError
 from server.flow import FlowEstimator
 from server.geometry import project, rotation_matrix, to_world
-from server.models.checkpoint import load_checkpoint
+from server.models.checkpoint import load_checkpoint, load_weights
 from server.models.deformation import (
     MeshDeformation,
     lift_landmarks,
@@ -822,14 +822,31 @@ def build_nets(model: HeadModel, cfg: RefineConfig, checkpoint: str | Path | Non
     ckpt = None
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint, model_dims(model))
-        saved = ckpt.get("config", {})
-        cfg = config_from_dict({k: saved[k] for k in ARCH_FIELDS if k in saved}, cfg)
+        cfg = checkpoint_config(ckpt, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         nets = MicroExpNets(int(model.num_expression), cfg)
-    if ckpt is not None:
-        nets.load_state_dict(ckpt["nets"])
+    if ckpt is not None and checkpoint is not None:
+        load_weights(nets, ckpt, checkpoint)
     return nets.to(device), cfg, ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], cfg: RefineConfig) -> RefineConfig:
+    """`cfg` with the checkpoint's architecture fields."""
+    saved = ckpt.get("config", {})
+    return config_from_dict({k: saved[k] for k in ARCH_FIELDS if k in saved}, cfg)
+
+
+def check_checkpoint_fits(ckpt: dict[str, Any], checkpoint: str | Path, cfg: RefineConfig) -> None:
+    """Build the networks `ckpt` describes (its architecture, its head model's expression count) and load its
+    weights, so that weights that do not fit fail before preprocessing rather than after it (milliseconds: the
+    networks are small). The global RNG is left untouched."""
+    n_expression = ckpt.get("dims", {}).get("n_expression")
+    if not isinstance(n_expression, int):  # the head-model check says what is wrong once the head model is known
+        return
+    with torch.random.fork_rng(devices=[]):
+        nets = MicroExpNets(n_expression, checkpoint_config(ckpt, cfg))
+    load_weights(nets, ckpt, checkpoint)
 
 
 def refine(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from server.errors import Cancelled, ClipError, MicroexpError
-from server.models.checkpoint import load_checkpoint, save_checkpoint
+from server.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from server.refine import (
     ARCH_FIELDS,
     ClipObjective,
@@ -128,7 +128,7 @@ def train(
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     step = 0
     if ckpt is not None:
-        nets.load_state_dict(ckpt["nets"])
+        load_weights(nets, ckpt, str(resume))
         if ckpt.get("stages") == cfg.stages and "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
         step = int(ckpt.get("step", 0))

@@ -54,3 +54,36 @@ def load_checkpoint(path: str | Path, dims: dict[str, Any] | None = None) -> dic
                     f"but this head model has {dims.get(key)!r}."
                 )
     return data
+
+
+def _shape(value: Any) -> str:
+    return "x".join(str(n) for n in getattr(value, "shape", ())) or "a scalar"
+
+
+def load_weights(nets: torch.nn.Module, data: dict[str, Any], path: str | Path) -> None:
+    """Load a checkpoint's network weights (`data["nets"]`) into `nets`; weights that do not fit these networks
+    (missing, unknown or of another shape) raise CheckpointError with one sentence instead of torch's report."""
+    head = f"The checkpoint '{Path(path)}' does not fit this model's networks"
+    state = data.get("nets")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{head}: it holds no network weights.")
+    own = nets.state_dict()
+    missing = [k for k in own if k not in state]
+    unknown = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of their weights are missing (first '{missing[0]}')")
+    if unknown:
+        problems.append(f"{len(unknown)} of its weights belong to no layer (first '{unknown[0]}')")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} weights have another shape (first '{k}': {_shape(state[k])} in the "
+                        f"checkpoint, {_shape(own[k])} here)")
+    if problems:
+        listed = problems[-1] if len(problems) == 1 else ", ".join(problems[:-1]) + " and " + problems[-1]
+        raise CheckpointError(f"{head}: {listed}.")
+    try:
+        nets.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{head}: its weights cannot be loaded.") from exc

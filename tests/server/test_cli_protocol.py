@@ -164,3 +164,19 @@ def test_an_unexpected_failure_is_one_fixed_sentence_with_the_details_in_the_log
                      "message": f"The server failed unexpectedly; the details are in {log}."}
     logged = capsys.readouterr().err
     assert "RuntimeError: shape mismatch in layer 3" in logged and "Traceback" in logged
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_named_before_any_preprocessing(tmp_path):
+    import torch
+
+    from server.models.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "refine.pt"
+    save_checkpoint(ckpt, {"nets": {"dem.extra": torch.zeros(2)}, "config": {}, "dims": {"n_expression": 4}})
+    code, events = run_job(tmp_path, clip=str(tmp_path / "whatever.mp4"), output=str(tmp_path / "out"),
+                           checkpoint=str(ckpt))
+    assert code == 1 and events[-1]["type"] == "error" and events[-1]["code"] == "checkpoint"
+    message = events[-1]["message"]
+    assert message.startswith(f"The checkpoint '{ckpt}' does not fit this model's networks: ")
+    assert "belong to no layer (first 'dem.extra')" in message and "\n" not in message
+    assert not any(e["type"] == "stage" for e in events)

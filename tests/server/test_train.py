@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 
 from server.errors import ClipError
 from server.headmodel import HeadModel
-from server.models.checkpoint import CheckpointError, load_checkpoint
+from server.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from server.models.toy import bump_offsets, make_toy_clip, toy_head_data
 from server.refine import RefineConfig, model_dims, refine
 from server.train import TrainConfig, main_train, train
@@ -117,3 +117,31 @@ def test_folder_without_clips(tmp_path: Path, model: HeadModel, capsys: pytest.C
     assert main_train(["--clips", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == f"The clips folder '{tmp_path / 'nowhere'}' does not exist."
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_checkpoint_whose_weights_do_not_fit_the_networks_is_one_sentence(tmp_path: Path, model: HeadModel,
+                                                                          clips: dict[str, Any]) -> None:
+    pre, coarse = clips["a.mp4"]
+    folder = clip_folder(tmp_path, ["a.mp4"])
+    state = _fresh_state(model)
+    first = next(iter(state))
+    reshaped = dict(state, **{first: torch.zeros(3, 5)})
+    renamed = {("old." + k if k == first else k): v for k, v in state.items()}
+    cases = {
+        "no_nets.pt": ({}, "it holds no network weights"),
+        "reshaped.pt": ({"nets": reshaped}, f"1 weights have another shape (first '{first}': 3x5 in the checkpoint, "
+                                            f"{'x'.join(map(str, state[first].shape))} here)"),
+        "renamed.pt": ({"nets": renamed}, f"1 of their weights are missing (first '{first}') and 1 of its weights "
+                                          f"belong to no layer (first 'old.{first}')"),
+    }
+    for name, (payload, reason) in cases.items():
+        path = tmp_path / name
+        save_checkpoint(path, {**payload, "config": asdict(TINY.model), "dims": model_dims(model)})
+        want = f"The checkpoint '{path}' does not fit this model's networks: {reason}."
+        with pytest.raises(CheckpointError) as info:
+            refine(model, pre, coarse, "dem", RefineConfig(iterations=1, device="cpu"), checkpoint=path)
+        assert str(info.value) == want
+        with pytest.raises(CheckpointError) as info:
+            train(folder, tmp_path / "out.pt",
+                  replace(TINY, steps=1, batch_clips=1), model=model, prepare=lambda p: clips[p.name], resume=path)
+        assert str(info.value) == want
