@@ -140,6 +140,14 @@ def validate(header: dict[str, Any], arrays: dict[str, np.ndarray], where: str =
     faces = arrays["faces"]
     if faces.size and (faces.min() < 0 or faces.max() >= dims["V"]):
         raise TakeError(f"{where}: face indices point outside the {dims['V']} vertices.")
+    if dims["T"] < 1:
+        raise TakeError(f"{where} holds no frames.")
+    parents = arrays["joint_parents"].astype(np.int64)
+    if parents.size and (parents[0] != -1 or any(not 0 <= int(p) < j for j, p in enumerate(parents) if j > 0)):
+        raise TakeError(f"{where}: the joint parents do not form a tree rooted at the first joint.")
+    if dims["P"] not in (0, 9 * (dims["J"] - 1)):
+        raise TakeError(f"{where} has {dims['P']} pose correctives; a head with {dims['J']} joints has 0 or "
+                        f"{9 * (dims['J'] - 1)}.")
 
 
 def _take_dir(path: str | os.PathLike[str]) -> Path:
@@ -158,14 +166,15 @@ def read_take(path: str | os.PathLike[str]) -> Take:
     try:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TakeError(f"{header_path} is not a readable take header ({exc.__class__.__name__}).") from None
+        reason = "it cannot be read" if isinstance(exc, OSError) else "it is not valid UTF-8 JSON"
+        raise TakeError(f"{header_path} is not a readable take header ({reason}).") from None
     if not isinstance(header, dict):
         raise TakeError(f"{header_path} is not a take header.")
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except Exception as exc:  # zipfile/ValueError/OSError: a damaged file, whatever the cause
-        raise TakeError(f"{arrays_path} is damaged and cannot be read ({exc.__class__.__name__}).") from None
+        raise TakeError(f"{arrays_path} is damaged and cannot be read.") from exc
     validate(header, arrays, where=str(folder))
     return Take(header=header, arrays=arrays, path=folder)
 

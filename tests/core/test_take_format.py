@@ -118,3 +118,30 @@ def test_rewrite_replaces_the_previous_take(tmp_path):
     write_take(tmp_path, header(), tiny_take_arrays(t=4))
     write_take(tmp_path, header(), tiny_take_arrays(t=7))
     assert read_take(tmp_path).frame_count == 7
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"joint_parents": np.array([-1, 2, 0])}, "joint parents do not form a tree rooted at the first joint"),
+    ({"joint_parents": np.array([0, 0, 1])}, "joint parents do not form a tree rooted at the first joint"),
+    ({"pose_corrective_basis": np.zeros((6, 3, 9))}, "has 9 pose correctives; a head with 3 joints has 0 or 18"),
+])
+def test_a_take_from_an_inconsistent_head_is_refused(tmp_path, change, message):
+    """What the importer relies on (parents before children, 9 correctives per non-root joint) is checked up front,
+    so such a take fails in one sentence instead of midway through building the rig."""
+    with pytest.raises(TakeError, match=message):
+        write_take(tmp_path, header(), {**tiny_take_arrays(), **change})
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_take_without_frames_is_refused(tmp_path):
+    arrays = tiny_take_arrays(t=0)
+    with pytest.raises(TakeError, match="holds no frames"):
+        write_take(tmp_path, header(), arrays)
+
+
+def test_an_unreadable_header_is_named_in_plain_words(tmp_path):
+    write_take(tmp_path, header(), tiny_take_arrays())
+    (tmp_path / "take.json").write_bytes(b"{not json")
+    with pytest.raises(TakeError) as err:
+        read_take(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'take.json'} is not a readable take header (it is not valid UTF-8 JSON)."
