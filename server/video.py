@@ -141,11 +141,12 @@ def resolve_range(info: ClipInfo, frames: Sequence[int] | None) -> tuple[int, in
     if len(frames) != 2:
         raise ClipError(f"The frame range {list(frames)} must be two numbers [start, stop).")
     start, stop = int(frames[0]), int(frames[1])
-    if start < 0 or stop <= start or start >= info.frame_count or stop > info.frame_count:
-        raise ClipError(
-            f"The frame range [{start}, {stop}) is outside the clip's {info.frame_count} frames "
-            f"(it must satisfy 0 <= start < stop <= {info.frame_count})."
-        )
+    # Said in first/last frames (inclusive), as the Blender panel asks for them.
+    if stop <= start:
+        raise ClipError(f"The frame range is empty: its last frame ({stop - 1}) comes before its first ({start}).")
+    if start < 0 or stop > info.frame_count:
+        raise ClipError(f"Frames {start} to {stop - 1} were asked for, but the clip has frames 0 to "
+                        f"{info.frame_count - 1}.")
     return start, stop
 
 

@@ -112,8 +112,12 @@ def test_frame_range_is_respected_and_validated(clips: dict[str, Path]) -> None:
     pre = preprocess(clips["moving"], frames=(3, 7), use_cache=False)
     np.testing.assert_array_equal(pre.frame_numbers, [3, 4, 5, 6])
     assert pre.flow.shape[0] == 3
-    with pytest.raises(ClipError, match="outside the clip"):
+    with pytest.raises(ClipError) as err:
         preprocess(clips["moving"], frames=(5, 11), use_cache=False)
+    n = len(preprocess(clips["moving"], use_cache=False).frame_numbers)
+    assert str(err.value) == f"Frames 5 to 10 were asked for, but the clip has frames 0 to {n - 1}."
+    with pytest.raises(ClipError, match=r"^The frame range is empty: its last frame \(2\) comes before its first"):
+        preprocess(clips["moving"], frames=(3, 3), use_cache=False)
 
 
 def test_progress_is_reported_per_frame_for_each_stage(clips: dict[str, Path]) -> None:
