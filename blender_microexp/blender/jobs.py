@@ -7,6 +7,7 @@ tests and the UI go through the same code. Only this main-thread code touches bp
 from __future__ import annotations
 
 import os
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class JobController:
             job = runner.ServerJob(jobs.server_command(srv.python, job_json), job_dir, srv.server_dir,
                                    env=env if env is not None else dict(os.environ))
         except runner.RunnerError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)  # nothing ran: no job folder to puzzle over
             raise jobs.JobSetupError(str(exc)) from None
         state.running = True
         state.cancel_requested = False

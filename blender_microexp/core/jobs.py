@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,6 +99,10 @@ def check_server(python: str, server_dir: str, timeout: float = 60.0) -> dict[st
         if error is not None:
             raise JobSetupError(str(error.get("message", "The server reported an error.")))
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        missing = re.fullmatch(r"ModuleNotFoundError: No module named '([\w.]+)'", last.strip())
+        if missing:
+            raise JobSetupError(f"The server's Python {python} lacks the module '{missing.group(1)}'; run "
+                                f"./microexp setup in the server folder, or choose the Python of its .venv.")
         raise JobSetupError(f"The server did not say hello (exit code {proc.returncode}): {last[:200]}")
     if int(hello.get("protocol", -1)) != PROTOCOL_VERSION:
         raise JobSetupError(f"The server speaks protocol {hello.get('protocol')}, this add-on speaks "

@@ -399,6 +399,21 @@ def check_operator_setup_error(tmp: Path) -> None:
     assert not bpy.context.window_manager.microexp_job.running
 
 
+def check_operator_server_that_cannot_start(tmp: Path) -> None:
+    """An interpreter that exists but cannot run: one sentence, and no job folder left behind."""
+    fresh_file()
+    python = tmp / "python"
+    python.write_text("not a program\n")  # a file, but not executable
+    set_server(FAKE_DIR, python=str(python), cache_dir=tmp / "cache")
+    clip = tmp / "clip_face.mp4"
+    clip.write_bytes(b"x")
+    bpy.context.scene.microexp.clip = str(clip)
+    result, message = call_operator(bpy.ops.microexp.run_job)
+    assert result == {"CANCELLED"} and message.startswith(f"Cannot start the server with {python}"), message
+    assert not list((tmp / "cache" / "jobs").iterdir())
+    assert not bpy.context.window_manager.microexp_job.running
+
+
 def check_operator_checkpoint(tmp: Path) -> None:
     """The panel's checkpoint reaches the server with the Full Model; a missing one is refused in one sentence
     before any server starts; with another stage the field is not used."""
@@ -576,6 +591,7 @@ ALL_CHECKS = [
     check_operator_job_crash,
     check_operator_job_garbage,
     check_operator_setup_error,
+    check_operator_server_that_cannot_start,
     check_operator_checkpoint,
     check_controller_cancel,
     check_job_updates_the_chosen_rig_or_a_new_one,

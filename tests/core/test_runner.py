@@ -126,6 +126,18 @@ def test_check_server_reads_hello(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         jobs.check_server(str(tmp_path / "python"), str(FAKE_DIR))
 
 
+def test_check_server_names_a_module_the_interpreter_lacks(tmp_path: Path) -> None:
+    """The common set-up mistake (the system Python instead of the server's .venv) gets a fix, not a traceback."""
+    package = tmp_path / "server"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("import microexp_module_nobody_has\n")
+    with pytest.raises(jobs.JobSetupError) as err:
+        jobs.check_server(sys.executable, str(tmp_path))
+    assert str(err.value) == (f"The server's Python {sys.executable} lacks the module 'microexp_module_nobody_has'; "
+                              "run ./microexp setup in the server folder, or choose the Python of its .venv.")
+
+
 def test_flame_folder_check(tmp_path: Path) -> None:
     assert "does not exist" in (jobs.flame_folder_problem(str(tmp_path / "x")) or "")
     assert "neither" in (jobs.flame_folder_problem(str(tmp_path)) or "")
