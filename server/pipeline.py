@@ -7,6 +7,7 @@ complete, and the take itself is written atomically, so a cancelled or failed ru
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class ReconstructResult:
 
 
 STAGES = ("preprocess", "fit", "refine", "write")
+PREVIEW_NAME = "preview.mp4"
 
 
 def _check_output_dir(out_dir: Path) -> None:
@@ -82,6 +84,35 @@ def _check_take(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         validate(full, stored, where="The reconstructed take")
     except TakeError as exc:
         raise InternalError(f"{str(exc).rstrip('.')}, so it was not written.") from None
+
+
+def _write_preview(clip: str, out: Path, pre: Any, arrays: dict[str, np.ndarray], rep: Reporter,
+                   cancel: Callable[[], bool]) -> Path | None:
+    """The preview under a temporary name in `out`, or None (with a warning) when OpenCV cannot write an mp4."""
+    from .preview import write_preview
+
+    final = out / PREVIEW_NAME
+    try:
+        fd, name = tempfile.mkstemp(prefix=".preview-", suffix=".mp4", dir=out)
+        os.close(fd)
+        if write_preview(clip, Path(name), pre, arrays, cancel=cancel):
+            return Path(name)
+    except OSError as exc:
+        raise OutputError(f"Could not write {final} ({exc.strerror or exc}).") from None
+    rep.warning(f"OpenCV cannot write mp4 video here, so no {PREVIEW_NAME} was written.")
+    return None
+
+
+def _place_preview(out: Path, preview: Path | None) -> None:
+    """Once the take is written: its preview into place, or an older take's preview removed when there is none."""
+    try:
+        if preview is not None:
+            os.replace(preview, out / PREVIEW_NAME)
+        else:
+            (out / PREVIEW_NAME).unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"The take was written but {out / PREVIEW_NAME} could not be ({exc.strerror or exc}).") \
+            from None
 
 
 def load_model(spec: str, pre: Any = None) -> Any:
@@ -162,49 +193,51 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     arrays, detail_info = build_take_arrays(model, pre, coarse.shape, expression, pose, translation,
                                             coarse.camera, displacement, max_detail=opts.max_detail)
     check()
-    if opts.preview:
-        from .preview import write_preview
-
-        try:
-            write_preview(str(clip), out / "preview.mp4", pre, arrays, cancel=is_cancelled)
-        except OSError as exc:
-            raise OutputError(f"Could not write {out / 'preview.mp4'} ({exc.strerror or exc}).") from None
-        check()
-    rep.finish()
-    timings = dict(getattr(pre, "timings", {}))
-    timings.update({f"stage_{k}": round(v, 3) for k, v in rep.timings.items()})
-    timings["total"] = round(time.perf_counter() - t_start, 3)
-    header: dict[str, Any] = {
-        "head_model": head_model_header(model),
-        "fps": float(pre.fps),
-        "fps_estimated": bool(getattr(pre, "fps_estimated", False)),
-        "frame_start": int(pre.frame_numbers[0]),
-        "source": {
-            "path": str(Path(clip).resolve()),
-            "image_size": [int(x) for x in pre.image_size],
-            "downscale": float(getattr(pre, "downscale", 1.0)),
-        },
-        "settings": {
-            "model": opts.model, "frames": list(opts.frames) if opts.frames else None, "flow": opts.flow,
-            "stages": opts.stages, "checkpoint": opts.checkpoint,
-        },
-        "stages": opts.stages,
-        "landmark_source": getattr(pre, "lmk68_source", "mediapipe-map"),
-        "timings": timings,
-        "metrics": {
-            "landmark_error_iod": float(coarse.landmark_error_iod),
-            "frames_without_face": int((~np.asarray(pre.face_found, bool)).sum()),
-            **detail_info,
-            "refine": refine_report,
-        },
-        "server_version": __version__,
-        "created": now_iso(),
-    }
-    _check_take(header, arrays)
+    preview = None  # a temporary name, moved into place only once the take is written
     try:
-        write_take(out, header, arrays)
-    except TakeError as exc:
-        raise OutputError(str(exc)) from None
+        if opts.preview:
+            preview = _write_preview(str(clip), out, pre, arrays, rep, is_cancelled)
+            check()
+        rep.finish()
+        timings = dict(getattr(pre, "timings", {}))
+        timings.update({f"stage_{k}": round(v, 3) for k, v in rep.timings.items()})
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        header: dict[str, Any] = {
+            "head_model": head_model_header(model),
+            "fps": float(pre.fps),
+            "fps_estimated": bool(getattr(pre, "fps_estimated", False)),
+            "frame_start": int(pre.frame_numbers[0]),
+            "source": {
+                "path": str(Path(clip).resolve()),
+                "image_size": [int(x) for x in pre.image_size],
+                "downscale": float(getattr(pre, "downscale", 1.0)),
+            },
+            "settings": {
+                "model": opts.model, "frames": list(opts.frames) if opts.frames else None, "flow": opts.flow,
+                "stages": opts.stages, "checkpoint": opts.checkpoint,
+            },
+            "stages": opts.stages,
+            "landmark_source": getattr(pre, "lmk68_source", "mediapipe-map"),
+            "timings": timings,
+            "metrics": {
+                "landmark_error_iod": float(coarse.landmark_error_iod),
+                "frames_without_face": int((~np.asarray(pre.face_found, bool)).sum()),
+                **detail_info,
+                "refine": refine_report,
+            },
+            "server_version": __version__,
+            "created": now_iso(),
+        }
+        _check_take(header, arrays)
+        try:
+            write_take(out, header, arrays)
+        except TakeError as exc:
+            raise OutputError(str(exc)) from None
+        _place_preview(out, preview)
+        preview = None
+    finally:
+        if preview is not None:
+            preview.unlink(missing_ok=True)
     return ReconstructResult(take_dir=out, header=header, timings=timings, coarse_vertices=coarse.vertices)
 
 

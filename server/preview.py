@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,10 @@ def projected_vertices(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def write_preview(clip: str, out_path: Path, pre: Any, arrays: dict[str, np.ndarray],
-                  cancel: Callable[[], bool] | None = None) -> Path:
-    """Draw the mesh wireframe over each processed frame; written to a temporary name, then renamed."""
+                  cancel: Callable[[], bool] | None = None) -> bool:
+    """Draw the mesh wireframe over each processed frame into `out_path` (the caller's temporary name, moved into
+    place once the take is written). False, with no file left, when OpenCV cannot open an mp4 writer here; a
+    failure or a cancel also removes the file."""
     from .video import iter_frames
 
     pix = projected_vertices(arrays)
@@ -41,10 +42,11 @@ def write_preview(clip: str, out_path: Path, pre: Any, arrays: dict[str, np.ndar
     frame_numbers = [int(f) for f in pre.frame_numbers]
     by_source = {f: i for i, f in enumerate(frame_numbers)}
     w, h = (int(x) for x in pre.image_size)
-    fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".mp4", dir=out_path.parent)
-    os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter.fourcc(*"mp4v"), float(pre.fps), (w, h))
+    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter.fourcc(*"mp4v"), float(pre.fps), (w, h))
+    done = False
     try:
+        if not writer.isOpened():
+            return False
         frames = (frame_numbers[0], frame_numbers[-1] + 1)
         for frame in iter_frames(clip, frames=frames, max_side=max(w, h)):
             if cancel is not None and cancel():
@@ -60,10 +62,9 @@ def write_preview(clip: str, out_path: Path, pre: Any, arrays: dict[str, np.ndar
             colour = (80, 220, 80) if bool(arrays["face_found"][i]) else (60, 60, 230)
             cv2.polylines(img, list(lines), False, colour, 1, cv2.LINE_AA, shift=4)
             writer.write(img)
-        writer.release()
-        os.replace(tmp, out_path)
+        done = True
     finally:
         writer.release()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out_path
+        if not done and os.path.exists(out_path):
+            os.unlink(out_path)
+    return True

@@ -10,11 +10,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
-from server.errors import InternalError, MicroexpError
+from server.errors import Cancelled, InternalError, MicroexpError, OutputError
+from server.events import Reporter
 from server.pipeline import ReconstructOptions, reconstruct
+
+try:  # tests/ as packages (relative) or as rootdir-inserted folders (absolute)
+    from .preprocess_clips import moving_face_frames, write_video
+except ImportError:
+    from preprocess_clips import moving_face_frames, write_video  # type: ignore[no-redef,unused-ignore]
 
 ROOT = Path(__file__).resolve().parents[2]
 T, E, J = 3, 2, 2
@@ -100,8 +107,6 @@ def test_the_stand_in_pipeline_writes_a_take(tmp_path, stubbed):
 def test_a_full_disk_while_writing_the_take_is_the_output_error(tmp_path, stubbed, monkeypatch):
     import errno
 
-    from server.errors import OutputError
-
     def full_disk(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -111,3 +116,79 @@ def test_a_full_disk_while_writing_the_take_is_the_output_error(tmp_path, stubbe
         reconstruct(tmp_path / "clip.mp4", out, ReconstructOptions(stages="coarse", preview=False))
     assert str(info.value) == f"Could not write the take into {out} (No space left on device)."
     assert list(out.iterdir()) == []
+
+
+class Warnings(Reporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def _warning(self, message: str) -> None:
+        self.messages.append(message)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    return write_video(tmp_path / "clip.mp4", moving_face_frames(count=T, size=(64, 48)))
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+
+
+def test_the_preview_comes_with_its_take(tmp_path, stubbed, clip):
+    out = tmp_path / "out"
+    reconstruct(clip, out, ReconstructOptions(stages="coarse"))
+    assert (out / "preview.mp4").stat().st_size > 0 and leftovers(out) == []
+
+
+def test_a_failed_take_write_leaves_the_old_take_with_its_own_preview(tmp_path, stubbed, clip, monkeypatch):
+    import errno
+
+    out = tmp_path / "out"
+    reconstruct(clip, out, ReconstructOptions(stages="coarse"))
+    old = {name: (out / name).stat().st_ino for name in ("take.json", "take.npz", "preview.mp4")}
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OutputError):
+        reconstruct(clip, out, ReconstructOptions(stages="coarse"))
+    assert {name: (out / name).stat().st_ino for name in old} == old and leftovers(out) == []
+
+
+def test_a_cancel_after_the_preview_leaves_neither_take_nor_preview(tmp_path, stubbed, clip, monkeypatch):
+    import server.preview
+
+    written = []
+    real = server.preview.write_preview
+    monkeypatch.setattr(server.preview, "write_preview", lambda *a, **k: written.append(real(*a, **k)) or written[0])
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        reconstruct(clip, out, ReconstructOptions(stages="coarse"), cancel=lambda: bool(written))
+    assert written == [True] and list(out.iterdir()) == []
+
+
+def test_a_video_writer_that_does_not_open_is_a_warning_and_no_preview(tmp_path, stubbed, clip, monkeypatch):
+    import server.preview
+
+    class ClosedWriter:
+        fourcc = staticmethod(cv2.VideoWriter.fourcc)
+
+        def __init__(self, *_args: Any) -> None:
+            pass
+
+        def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+            return False
+
+        def release(self) -> None:
+            pass
+
+    out = tmp_path / "out"
+    reconstruct(clip, out, ReconstructOptions(stages="coarse"))  # an older take with its preview
+    monkeypatch.setattr(server.preview.cv2, "VideoWriter", ClosedWriter)
+    rep = Warnings()
+    reconstruct(clip, out, ReconstructOptions(stages="coarse"), reporter=rep)
+    assert rep.messages == ["OpenCV cannot write mp4 video here, so no preview.mp4 was written."]
+    assert sorted(p.name for p in out.iterdir()) == ["take.json", "take.npz"]
