@@ -1,7 +1,8 @@
 """Per-clip preprocessing cache keyed by the clip's bytes and the preprocessing settings (never the fit settings).
 
 Layout: <cache_dir>/<key>/meta.json + one .npy per array. An entry is written into a temporary folder and renamed
-into place, so a cancelled or crashed run leaves no half-written entry.
+into place, so a cancelled or crashed run leaves no half-written entry; the temporary folder of a killed run is
+removed by a later store once it is stale.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ ENV_VAR = "MICROEXP_CACHE"
 _CHUNK = 1 << 20
 # Arrays opened as memory maps on load (large); the rest are read into memory.
 MEMMAP_ARRAYS = frozenset({"crops", "flow"})
+# A temporary file or folder untouched this long was left by a killed run: a live writer touches it every few seconds.
+STALE_AFTER_S = 3600.0
 
 
 def default_cache_dir() -> Path:
@@ -46,6 +50,26 @@ def clip_digest(clip: str | Path, image_suffixes: tuple[str, ...] = (".png", ".j
     else:
         _update_with_file(digest, path)
     return digest.hexdigest()
+
+
+def remove_stale_temporaries(folder: Path, pattern: str, max_age_s: float = STALE_AFTER_S) -> None:
+    """Remove the files or folders named `pattern` in `folder` that nothing has touched for `max_age_s` (a folder
+    counts as touched when any file directly in it is): what a killed run left under its temporary names."""
+    now = time.time()
+    try:
+        items = list(folder.glob(pattern))
+    except OSError:
+        return
+    for item in items:
+        try:
+            if item.is_dir() and not item.is_symlink():
+                newest = max([item.lstat().st_mtime] + [child.lstat().st_mtime for child in item.iterdir()])
+                if now - newest >= max_age_s:
+                    shutil.rmtree(item)
+            elif now - item.lstat().st_mtime >= max_age_s:
+                item.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
 
 
 def cache_key(content_digest: str, settings: dict[str, Any]) -> str:
@@ -83,6 +107,7 @@ class PreprocessCache:
     def store(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
         """Write an entry atomically (temporary folder, then rename) and return its folder."""
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.root, ".tmp-*")
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
         try:
             for name, array in arrays.items():

@@ -19,6 +19,7 @@ import numpy as np
 from blender_microexp.core.take import ARRAY_SCHEMA, FORMAT_NAME, FORMAT_VERSION, TakeError, dims_of, validate
 
 from . import __version__
+from .cache import remove_stale_temporaries
 from .errors import Cancelled, InternalError, OutputError
 from .events import Reporter
 
@@ -144,6 +145,8 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 
     out = Path(out_dir)
     _check_output_dir(out)
+    for pattern in (".take-*.part", ".preview-*.mp4"):  # what a killed run left in this folder
+        remove_stale_temporaries(out, pattern)
     n_stages = 3 if opts.stages == "coarse" else 4
     t_start = time.perf_counter()
 

@@ -192,3 +192,21 @@ def test_a_video_writer_that_does_not_open_is_a_warning_and_no_preview(tmp_path,
     reconstruct(clip, out, ReconstructOptions(stages="coarse"), reporter=rep)
     assert rep.messages == ["OpenCV cannot write mp4 video here, so no preview.mp4 was written."]
     assert sorted(p.name for p in out.iterdir()) == ["take.json", "take.npz"]
+
+
+def test_temporary_files_a_killed_run_left_are_removed_once_stale(tmp_path, stubbed):
+    import os
+    import time
+
+    from server.cache import STALE_AFTER_S
+
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [".take-a1.npz.part", ".take-b2.json.part", ".preview-c3.mp4", ".take-notes.txt"]
+    then = time.time() - STALE_AFTER_S - 60
+    for name in names:
+        (out / name).write_bytes(b"half written")
+        os.utime(out / name, (then, then))
+    (out / ".take-d4.npz.part").write_bytes(b"another run writing now")
+    reconstruct(tmp_path / "clip.mp4", out, ReconstructOptions(stages="coarse", preview=False))
+    assert leftovers(out) == [".take-d4.npz.part", ".take-notes.txt"]
