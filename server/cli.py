@@ -97,6 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         rep.emit("cancelled")
         return EXIT_CANCELLED
     except (MicroexpError, ProtocolError) as exc:
+        if exc.__cause__ is not None:  # what the one sentence leaves out, for the log only
+            print(f"{exc}\n  caused by {exc.__cause__.__class__.__name__}: {exc.__cause__}", file=sys.stderr)
         rep.emit("error", code=getattr(exc, "code", "job"), message=str(exc), log=log_path)
         return EXIT_ERROR
     except Exception:

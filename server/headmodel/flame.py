@@ -12,6 +12,8 @@ import collections
 import copyreg
 import io
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +134,7 @@ def restricted_load(path: Path, data: bytes | None = None) -> Any:
             UnicodeDecodeError, MemoryError, OverflowError) as exc:
         if raw[:1] != b"\x80" and raw[:1] not in (b"(", b"}", b"]", b"c"):
             raise HeadModelError(f"{path} is not a pickle file, so it is not a FLAME model file.") from exc
-        raise HeadModelError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}).") from exc
+        raise HeadModelError(f"{path} is truncated or corrupt, so it cannot be read.") from exc
 
 
 def _load_npy_pickle(path: Path) -> Any:
@@ -147,7 +149,7 @@ def _load_npy_pickle(path: Path) -> Any:
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = reader(buf)
     except (ValueError, OSError) as exc:
-        raise HeadModelError(f"{path} is not a numpy .npy file ({exc}).") from exc
+        raise HeadModelError(f"{path} is not a numpy .npy file.") from exc
     if dtype != np.dtype(object):
         raise HeadModelError(f"{path} holds a plain {dtype} array of shape {shape}, not FLAME's landmark dictionary.")
     obj = restricted_load(path, raw[buf.tell():])
@@ -250,15 +252,24 @@ def _landmarks68(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _mediapipe_embedding(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not path.is_file():
         raise HeadModelError(f"FLAME's MediaPipe embedding {path} is missing; put {MEDIAPIPE_FILE} beside the model.")
+    damaged = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+    unreadable = f"{path} is not a readable .npz file: it is damaged or of another kind."
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+    except damaged as exc:
+        raise HeadModelError(unreadable) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise HeadModelError(f"{path} holds a single array, not FLAME's MediaPipe embedding (an .npz archive).")
+    with z:
+        missing = [k for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices") if k not in z.files]
+        if missing:
+            raise HeadModelError(f"{path} is not FLAME's MediaPipe embedding: it has no '{missing[0]}'.")
+        try:
             faces = z["lmk_face_idx"].astype(np.int64).reshape(-1)
             bary = z["lmk_b_coords"].astype(np.float32).reshape(-1, 3)
             indices = z["landmark_indices"].astype(np.int64).reshape(-1)
-    except KeyError as exc:
-        raise HeadModelError(f"{path} is not FLAME's MediaPipe embedding: it has no {exc}.") from exc
-    except (ValueError, OSError, EOFError) as exc:
-        raise HeadModelError(f"{path} is not a readable .npz file ({exc}).") from exc
+        except damaged as exc:
+            raise HeadModelError(unreadable) from exc
     if not len(faces) == len(bary) == len(indices):
         raise HeadModelError(f"{path} has embeddings of different lengths.")
     return faces, bary, indices

@@ -137,7 +137,8 @@ def test_cancel_stops_within_a_second_and_leaves_no_take(tmp_path, made_clip, ho
     assert not list(out_dir.glob(".take-*")) and not (out_dir / "preview.mp4").exists()
 
 
-def test_an_unexpected_failure_is_one_fixed_sentence_with_the_details_in_the_log(tmp_path, monkeypatch, capsys):
+def run_in_process(tmp_path, monkeypatch, failure: BaseException) -> dict:
+    """cmd_run with reconstruct raising `failure`; returns the last event."""
     import argparse
     import io
 
@@ -152,13 +153,17 @@ def test_an_unexpected_failure_is_one_fixed_sentence_with_the_details_in_the_log
     monkeypatch.setattr(server.events.CancelFlag, "watch_stdin", lambda self, stream: None)
 
     def broken(*_args, **_kwargs):
-        raise RuntimeError("shape mismatch in layer 3\nsecond line of detail")
+        raise failure
 
     monkeypatch.setattr(server.pipeline, "reconstruct", broken)
     job = tmp_path / "job.json"
     JobSpec(clip=str(tmp_path / "c.mp4"), output=str(tmp_path / "out")).write(job)
     assert server.cli.cmd_run(argparse.Namespace(job=str(job))) == 1
-    error = decode_event(events.getvalue().splitlines()[-1])
+    return decode_event(events.getvalue().splitlines()[-1])
+
+
+def test_an_unexpected_failure_is_one_fixed_sentence_with_the_details_in_the_log(tmp_path, monkeypatch, capsys):
+    error = run_in_process(tmp_path, monkeypatch, RuntimeError("shape mismatch in layer 3\nsecond line of detail"))
     log = str(tmp_path / "server.log")
     assert error == {"type": "error", "code": "internal", "log": log,
                      "message": f"The server failed unexpectedly; the details are in {log}."}
@@ -180,3 +185,13 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_named_before_any_preprocessing
     assert message.startswith(f"The checkpoint '{ckpt}' does not fit this model's networks: ")
     assert "belong to no layer (first 'dem.extra')" in message and "\n" not in message
     assert not any(e["type"] == "stage" for e in events)
+
+
+def test_a_user_error_s_cause_goes_to_the_log_only(tmp_path, monkeypatch, capsys):
+    from server.headmodel import HeadModelError
+
+    failure = HeadModelError("/m/generic_model.pkl is truncated or corrupt, so it cannot be read.")
+    failure.__cause__ = EOFError("Ran out of input")
+    error = run_in_process(tmp_path, monkeypatch, failure)
+    assert error["code"] == "head_model" and error["message"] == str(failure)
+    assert "caused by EOFError: Ran out of input" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,9 @@ def test_truncated_and_incomplete_models(tmp_path: Path, flame_folder: Path) -> 
     raw = (flame_folder / "generic_model.pkl").read_bytes()
     folder = make_flame_folder(tmp_path / "t")
     (folder / "generic_model.pkl").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(HeadModelError, match="truncated or corrupt"):
+    with pytest.raises(HeadModelError) as info:
         load_head_model(str(folder))
+    assert str(info.value) == f"{folder / 'generic_model.pkl'} is truncated or corrupt, so it cannot be read."
     model = synthetic_model()
     del model["shapedirs"]
     (folder / "generic_model.pkl").write_bytes(pickle.dumps(model, protocol=2))
@@ -152,6 +154,43 @@ def test_missing_embeddings_and_paths(tmp_path: Path, flame_folder: Path) -> Non
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(HeadModelError, match="expected a .pkl"):
         load_head_model(str(tmp_path / "notes.txt"))
+
+
+def _single_array(path: Path) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, np.zeros(3))
+
+
+def _npz_without_b_coords(path: Path) -> None:
+    with np.load(path) as z:
+        kept = {k: z[k] for k in z.files if k != "lmk_b_coords"}
+    np.savez(path, **kept)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "reason"),
+    [
+        ("landmark_embedding.npy", lambda p: p.write_bytes(b"junk junk junk"), "is not a numpy .npy file."),
+        ("mediapipe_landmark_embedding.npz", lambda p: p.write_bytes(b"junk junk junk"),
+         "is not a readable .npz file: it is damaged or of another kind."),
+        ("mediapipe_landmark_embedding.npz", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+         "is not a readable .npz file: it is damaged or of another kind."),
+        ("mediapipe_landmark_embedding.npz", lambda p: p.write_bytes(b"PK\x03\x04 damaged"),
+         "is not a readable .npz file: it is damaged or of another kind."),
+        ("mediapipe_landmark_embedding.npz", _single_array,
+         "holds a single array, not FLAME's MediaPipe embedding (an .npz archive)."),
+        ("mediapipe_landmark_embedding.npz", _npz_without_b_coords,
+         "is not FLAME's MediaPipe embedding: it has no 'lmk_b_coords'."),
+    ],
+    ids=["npy-junk", "npz-junk", "npz-truncated", "npz-bad-zip", "npz-is-npy", "npz-missing-key"],
+)
+def test_damaged_embedding_files_give_one_plain_sentence(tmp_path: Path, name: str, damage: Callable[[Path], object],
+                                                         reason: str) -> None:
+    folder = make_flame_folder(tmp_path / "d")
+    damage(folder / name)
+    with pytest.raises(HeadModelError) as info:
+        load_head_model(str(folder))
+    assert str(info.value) == f"{folder / name} {reason}"
 
 
 def test_builtin_spec(tmp_path: Path) -> None:
