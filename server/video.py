@@ -145,8 +145,8 @@ def resolve_range(info: ClipInfo, frames: Sequence[int] | None) -> tuple[int, in
     if stop <= start:
         raise ClipError(f"The frame range is empty: its last frame ({stop - 1}) comes before its first ({start}).")
     if start < 0 or stop > info.frame_count:
-        raise ClipError(f"Frames {start} to {stop - 1} were asked for, but the clip has frames 0 to "
-                        f"{info.frame_count - 1}.")
+        asked = f"Frame {start} was" if stop == start + 1 else f"Frames {start} to {stop - 1} were"
+        raise ClipError(f"{asked} asked for, but the clip has frames 0 to {info.frame_count - 1}.")
     return start, stop
 
 
