@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,7 +452,10 @@ def import_take(context: Any, source: str | os.PathLike[str] | Take, *, frame_st
         created.remove_all()
         if isinstance(exc, ImportTakeError):
             raise
-        raise ImportTakeError(f"Importing the take failed ({exc.__class__.__name__}: {exc}).") from exc
+        traceback.print_exc()  # a bug or Blender's refusal, not the take's fault: the console keeps the details
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0].rstrip(".")
+        raise ImportTakeError(f"Importing the take failed ({detail}); nothing was imported, details are in the "
+                              f"system console.") from exc
     result.actions = list(anim.created)
     for action in result.actions:
         action[PART] = "take"
