@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from server.errors import Cancelled, ClipError, MicroexpError
+from server.errors import Cancelled, ClipError, MicroexpError, OutputError
 from server.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from server.refine import (
     ARCH_FIELDS,
@@ -72,6 +73,19 @@ def list_clips(clips_dir: str | Path) -> list[Path]:
     return clips
 
 
+def check_checkpoint_path(path: str | Path) -> None:
+    """Refuse a checkpoint path that cannot be written (OutputError, one sentence) before any clip is prepared."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"The checkpoint path {target} is a folder; name a file, e.g. {target / 'refine.pt'}.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the folder {target.parent} ({exc.strerror or exc}).") from None
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"The folder {target.parent} is not writable, so the checkpoint cannot be written there.")
+
+
 def default_model(spec: str = "builtin") -> HeadModel:
     """The head model named by `spec` ('builtin' or a FLAME path)."""
     from server.headmodel import HeadModel, load_head_model
@@ -112,6 +126,7 @@ def train(
     say = log or (lambda msg: None)
     device = resolve_device(cfg.device)
     clips = list_clips(clips_dir)
+    check_checkpoint_path(out_checkpoint)
     head = model if model is not None else default_model()
     head = head.to(device)
     dims = model_dims(head)
@@ -220,7 +235,8 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.clips) / "microexp-refine.pt"
     cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages)
     try:
-        list_clips(args.clips)  # fail on a wrong folder before building the head model
+        list_clips(args.clips)  # fail on a wrong folder or output before building the head model
+        check_checkpoint_path(out)
         report = train(args.clips, out, cfg, resume=args.resume, model=default_model(args.head_model),
                        log=lambda msg: print(msg, file=sys.stderr))
     except MicroexpError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,26 @@ class CheckpointError(MicroexpError):
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write `payload` (state dicts, optimizer, step, config dict, dims) atomically: temp file, then rename."""
     target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
         os.replace(tmp, target)
     except OSError as exc:
+        _remove(tmp)
         raise CheckpointError(f"Cannot write the checkpoint '{target}': {exc.strerror or exc}.") from exc
+    except RuntimeError as exc:  # torch's writer says a full disk or an unwritable file this way
+        _remove(tmp)
+        raise CheckpointError(f"Cannot write the checkpoint '{target}': the disk is full or the folder is not "
+                              "writable.") from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, dims: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.errors import ClipError
+from server.errors import ClipError, OutputError
 from server.headmodel import HeadModel
 from server.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from server.models.toy import bump_offsets, make_toy_clip, toy_head_data
@@ -145,3 +146,39 @@ def test_checkpoint_whose_weights_do_not_fit_the_networks_is_one_sentence(tmp_pa
             train(folder, tmp_path / "out.pt",
                   replace(TINY, steps=1, batch_clips=1), model=model, prepare=lambda p: clips[p.name], resume=path)
         assert str(info.value) == want
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_sentence_and_leaves_no_temporary(
+        tmp_path: Path, model: HeadModel, clips: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4"])
+    out = tmp_path / "refine.pt"
+
+    def full_disk(_obj: Any, f: Any) -> None:  # what torch's writer raises on a full disk: a RuntimeError
+        Path(f).write_bytes(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        train(folder, out, replace(TINY, steps=1, batch_clips=1), model=model, prepare=lambda p: clips[p.name])
+    assert str(info.value) == f"Cannot write the checkpoint '{out}': the disk is full or the folder is not writable."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips"]
+
+
+def test_an_unwritable_checkpoint_path_is_refused_before_any_clip_is_prepared(
+        tmp_path: Path, model: HeadModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4"])
+
+    def prepare(path: Path) -> Any:
+        raise AssertionError(f"{path.name} was prepared")
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match=r"^Cannot create the folder .*a-file \(.*\)\.$"):
+        train(folder, blocker / "refine.pt", TINY, model=model, prepare=prepare)
+    with pytest.raises(OutputError) as info:
+        train(folder, folder, TINY, model=model, prepare=prepare)
+    assert str(info.value) == f"The checkpoint path {folder} is a folder; name a file, e.g. {folder / 'refine.pt'}."
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
+    with pytest.raises(OutputError) as info:
+        train(folder, tmp_path / "refine.pt", TINY, model=model, prepare=prepare)
+    assert str(info.value) == f"The folder {tmp_path} is not writable, so the checkpoint cannot be written there."
