@@ -241,7 +241,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
                        log=lambda msg: print(msg, file=sys.stderr))
     except MicroexpError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return 1  # as `reconstruct` and `make-clip` (2 is argparse's, for a wrong command line)
     except Cancelled:
         print("Training was cancelled.", file=sys.stderr)
         return 130

@@ -115,7 +115,7 @@ def test_folder_without_clips(tmp_path: Path, model: HeadModel, capsys: pytest.C
     empty.mkdir()
     with pytest.raises(ClipError, match="contains no video files"):
         train(empty, tmp_path / "x.pt", TINY, model=model, prepare=lambda p: None)  # type: ignore[arg-type,return-value]
-    assert main_train(["--clips", str(tmp_path / "nowhere")]) == 2
+    assert main_train(["--clips", str(tmp_path / "nowhere")]) == 1  # as reconstruct's user errors
     assert capsys.readouterr().err.strip() == f"The clips folder '{tmp_path / 'nowhere'}' does not exist."
     assert not (tmp_path / "x.pt").exists()
 
