@@ -220,6 +220,17 @@ def _save(path: str | Path, nets: MicroExpNets, optimizer: torch.optim.Optimizer
     })
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return value
+
+
 def main_train(argv: Sequence[str] | None = None) -> int:
     """CLI: `train --clips DIR [--out ckpt.pt] [--resume ckpt.pt] [--steps N] [--device cpu|cuda] [--head-model
     SPEC] [--stages dem|full]`. Returns the exit status; a user error prints one sentence on stderr."""
@@ -227,7 +238,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clips", required=True, help="folder of video clips")
     parser.add_argument("--out", default=None, help="checkpoint to write (default: CLIPS/microexp-refine.pt)")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimisation steps")
+    parser.add_argument("--steps", type=positive_int, default=TrainConfig.steps, help="optimisation steps")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--head-model", default="builtin", help="'builtin' or a FLAME folder/file")
     parser.add_argument("--stages", default="full", choices=["dem", "full"])

@@ -182,3 +182,14 @@ def test_an_unwritable_checkpoint_path_is_refused_before_any_clip_is_prepared(
     with pytest.raises(OutputError) as info:
         train(folder, tmp_path / "refine.pt", TINY, model=model, prepare=prepare)
     assert str(info.value) == f"The folder {tmp_path} is not writable, so the checkpoint cannot be written there."
+
+
+@pytest.mark.parametrize("steps", ["0", "-3", "many"])
+def test_steps_must_be_a_positive_whole_number(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4"])
+    with pytest.raises(SystemExit) as info:
+        main_train(["--clips", str(folder), "--steps", steps])
+    assert info.value.code == 2  # argparse's, for a wrong command line
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"error: argument --steps: must be a whole number of 1 or more, not '{steps}'")
+    assert "wrote" not in err and not (folder / "microexp-refine.pt").exists()
