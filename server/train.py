@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from server.errors import Cancelled, ClipError, MicroexpError, OutputError
+from server.events import CancelFlag
 from server.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from server.refine import (
     ARCH_FIELDS,
@@ -93,15 +94,16 @@ def default_model(spec: str = "builtin") -> HeadModel:
     return HeadModel(load_head_model(spec))
 
 
-def default_prepare(model: HeadModel) -> Prepare:
-    """Preprocessing and coarse fit of one clip with the project's own stages (imported lazily)."""
+def default_prepare(model: HeadModel, cancel: Callable[[], bool] | None = None) -> Prepare:
+    """Preprocessing and coarse fit of one clip with the project's own stages (imported lazily); both poll
+    `cancel`."""
 
     def prepare(clip: Path) -> tuple[PreprocessedLike, CoarseFitLike]:
         from server.fit import fit_coarse
         from server.preprocess import preprocess
 
-        pre = preprocess(str(clip))
-        return pre, fit_coarse(model, pre, None)
+        pre = preprocess(str(clip), cancel=cancel)
+        return pre, fit_coarse(model, pre, None, cancel=cancel)
 
     return prepare
 
@@ -118,6 +120,8 @@ def train(
     memory; each step draws `batch_clips` clips, an `frames`-frame window of each, and minimises the same
     self-supervised losses as per-clip refinement. `resume` continues from a checkpoint (its architecture, weights,
     optimizer state and step). Returns a report dict (steps, losses, timings, skipped clips).
+    When `cancel()` turns true, the steps taken since the last save are saved (atomically) and Cancelled is raised
+    with one sentence saying what the checkpoint holds.
     """
     cfg = config or TrainConfig()
     if cfg.stages not in ("dem", "full"):
@@ -148,15 +152,18 @@ def train(
             optimizer.load_state_dict(ckpt["optimizer"])
         step = int(ckpt.get("step", 0))
 
-    run = prepare or default_prepare(head)
+    run = prepare or default_prepare(head, cancel)
     objectives: list[ClipObjective] = []
     skipped: list[str] = []
+    not_started = "Training was cancelled while the clips were prepared; nothing was written."
     for i, clip in enumerate(clips):
         if cancel is not None and cancel():
-            raise Cancelled("Training was cancelled.")
+            raise Cancelled(not_started)
         try:
             pre, coarse = run(clip)
             tensors, topo, _ = prepare_clip(head, pre, coarse, model_cfg, device, cancel=cancel)
+        except Cancelled:
+            raise Cancelled(not_started) from None
         except MicroexpError as exc:  # one bad clip must not end a long run
             skipped.append(f"{clip.name}: {exc}")
             say(f"skipping {clip.name}: {exc}")
@@ -171,10 +178,15 @@ def train(
     gen = np.random.default_rng(cfg.seed + step)
     history: list[float] = []
     target = step + cfg.steps
+    first, saved = step, step
     nets.train()
     while step < target:
         if cancel is not None and cancel():
-            raise Cancelled("Training was cancelled.")
+            if step == first:
+                raise Cancelled("Training was cancelled before its first step; nothing was written.")
+            if saved != step:
+                _save(out_checkpoint, nets, optimizer, step, cfg, model_cfg, dims)
+            raise Cancelled(f"Training was cancelled after step {step}, which {out_checkpoint} holds.")
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(cfg.batch_clips):
@@ -191,6 +203,7 @@ def train(
             progress("train", step, target)
         if step % cfg.save_every == 0 or step == target:
             _save(out_checkpoint, nets, optimizer, step, cfg, model_cfg, dims)
+            saved = step
             say(f"step {step}: loss {np.mean(history[-cfg.save_every:]):.5f}")
     t_end = time.perf_counter()
     return {
@@ -245,16 +258,18 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     out = Path(args.out) if args.out else Path(args.clips) / "microexp-refine.pt"
     cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages)
+    cancel = CancelFlag()  # Ctrl-C (SIGINT) or SIGTERM: the loop saves its last steps and stops
+    cancel.install_signal_handlers()
     try:
         list_clips(args.clips)  # fail on a wrong folder or output before building the head model
         check_checkpoint_path(out)
         report = train(args.clips, out, cfg, resume=args.resume, model=default_model(args.head_model),
-                       log=lambda msg: print(msg, file=sys.stderr))
+                       cancel=cancel, log=lambda msg: print(msg, file=sys.stderr))
     except MicroexpError as exc:
         print(str(exc), file=sys.stderr)
         return 1  # as `reconstruct` and `make-clip` (2 is argparse's, for a wrong command line)
-    except Cancelled:
-        print("Training was cancelled.", file=sys.stderr)
-        return 130
+    except Cancelled as exc:
+        print(str(exc), file=sys.stderr)
+        return 130  # as `reconstruct`
     print(f"wrote {report['checkpoint']} after {report['steps']} steps", file=sys.stderr)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.errors import ClipError, OutputError
+from server.errors import Cancelled, ClipError, OutputError
 from server.headmodel import HeadModel
 from server.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from server.models.toy import bump_offsets, make_toy_clip, toy_head_data
@@ -193,3 +195,66 @@ def test_steps_must_be_a_positive_whole_number(tmp_path: Path, steps: str, capsy
     err = capsys.readouterr().err
     assert err.strip().endswith(f"error: argument --steps: must be a whole number of 1 or more, not '{steps}'")
     assert "wrote" not in err and not (folder / "microexp-refine.pt").exists()
+
+
+def test_a_cancel_saves_the_steps_since_the_last_save_and_leaves_no_temporary(
+        tmp_path: Path, model: HeadModel, clips: dict[str, Any]) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4", "b.mp4"])
+    out = tmp_path / "refine.pt"
+    steps: list[int] = []
+
+    def progress(stage: str, done: int, _total: int) -> None:
+        if stage == "train":
+            steps.append(done)
+
+    cfg = replace(TINY, steps=5, save_every=100)
+    with pytest.raises(Cancelled) as info:
+        train(folder, out, cfg, model=model, prepare=lambda p: clips[p.name], progress=progress,
+              cancel=lambda: len(steps) >= 1)
+    assert str(info.value) == f"Training was cancelled after step 1, which {out} holds."
+    assert load_checkpoint(out)["step"] == 1 and steps == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "refine.pt"]
+
+    with pytest.raises(Cancelled) as info:  # while the clips are prepared: nothing to save
+        train(folder, tmp_path / "other.pt", cfg, model=model, prepare=lambda p: clips[p.name], cancel=lambda: True)
+    assert str(info.value) == "Training was cancelled while the clips were prepared; nothing was written."
+    assert not (tmp_path / "other.pt").exists()
+
+
+@pytest.fixture
+def own_signal_handlers() -> Iterator[None]:
+    """main_train installs SIGINT/SIGTERM handlers; give pytest its own back."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def cli_stand_ins(monkeypatch: pytest.MonkeyPatch, model: HeadModel, clips: dict[str, Any]) -> None:
+    """main_train with the toy head model and clips instead of the builtin head and real preprocessing."""
+    import server.train
+
+    monkeypatch.setattr(server.train, "default_model", lambda spec="builtin": model)
+    monkeypatch.setattr(server.train, "default_prepare", lambda head, cancel=None: lambda p: clips[p.name])
+
+
+def test_ctrl_c_saves_says_one_sentence_and_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, own_signal_handlers: None,
+                                                      cli_stand_ins: None) -> None:
+    import server.train
+
+    class Interrupted(server.train.ClipObjective):
+        def losses(self, *args: Any, **kwargs: Any) -> Any:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the first step
+            return super().losses(*args, **kwargs)
+
+    monkeypatch.setattr(server.train, "ClipObjective", Interrupted)
+    folder = clip_folder(tmp_path, ["a.mp4", "b.mp4"])
+    out = tmp_path / "refine.pt"
+    assert main_train(["--clips", str(folder), "--out", str(out), "--steps", "50", "--device", "cpu"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"Training was cancelled after step 1, which {out} holds."
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in err)
+    assert load_checkpoint(out)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "refine.pt"]
