@@ -58,7 +58,7 @@ class MICROEXP_PG_settings(PropertyGroup):
         name="Rig", description="The take root (an imported take's '_root' empty) to update",
         type=bpy.types.Object, poll=_is_take_root)
     frame_start: IntProperty(  # type: ignore[valid-type]
-        name="Start Frame", description="Scene frame of the take's first frame", default=1)
+        name="Start Frame", description="Scene frame of the take's first frame", default=1, min=0)
 
 
 class MICROEXP_PG_take(PropertyGroup):

@@ -430,8 +430,32 @@ def import_take(context: Any, source: str | os.PathLike[str] | Take, *, frame_st
         take = source if isinstance(source, Take) else read_take(source)
     except TakeError as exc:
         raise ImportTakeError(str(exc)) from None
-    if context.mode != "OBJECT" and context.active_object is not None:
-        bpy.ops.object.mode_set(mode="OBJECT")
+    mode = _MODES.get(context.mode, "EDIT" if context.mode.startswith("EDIT") else None)
+    active = context.active_object
+    if context.mode != "OBJECT" and active is not None:
+        bpy.ops.object.mode_set(mode="OBJECT")  # building bones needs Object Mode to enter the armature's Edit Mode
+    try:
+        return _import(context, take, frame_start, push_to_nla, replace, progress)
+    finally:
+        if mode is not None and active is not None:
+            _back_to_mode(context, active, mode)
+
+
+_MODES = {"SCULPT": "SCULPT", "POSE": "POSE", "PAINT_WEIGHT": "WEIGHT_PAINT", "PAINT_VERTEX": "VERTEX_PAINT",
+          "PAINT_TEXTURE": "TEXTURE_PAINT"}  # context.mode -> object.mode_set's name (EDIT_* -> EDIT)
+
+
+def _back_to_mode(context: Any, obj: Any, mode: str) -> None:
+    """The artist's object and mode from before the import, when the object still exists (best effort)."""
+    try:
+        context.view_layer.objects.active = obj
+        bpy.ops.object.mode_set(mode=mode)
+    except (ReferenceError, RuntimeError, TypeError):
+        pass
+
+
+def _import(context: Any, take: Take, frame_start: int, push_to_nla: bool, replace: Any,
+            progress: Callable[[float], None] | None) -> ImportResult:
     name = take_name(take)
     take_id = take_identity(take)
     take_path = str(take.path.resolve()) if take.path else ""

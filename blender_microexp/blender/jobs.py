@@ -33,10 +33,13 @@ class Outcome:
 class JobController:
     """One reconstruction, from job.json to the imported rig."""
 
-    def __init__(self, job: runner.ServerJob, job_dir: Path, frame_start: int, replace: Any) -> None:
+    def __init__(self, job: runner.ServerJob, job_dir: Path, frame_start: int, replace: Any,
+                 scene_name: str = "") -> None:
         self.job = job
         self.job_dir = job_dir
         self.frame_start = frame_start
+        self.scene_name = scene_name  # the take goes to the scene the job was started from
+        self.server_warnings: list[str] = []
         # The rig to update, found again at import by what the import stored on it: a Python reference to it
         # dies if the rig is deleted (or the file undone) while the job runs.
         self.replace_name = replace.name if replace is not None else ""
@@ -91,7 +94,7 @@ class JobController:
         state.text = "Starting the server…"
         state.job_dir = str(job_dir)
         state.last_message = ""
-        return cls(job, job_dir, scene_settings.frame_start, replace)
+        return cls(job, job_dir, scene_settings.frame_start, replace, context.scene.name)
 
     def cancel(self) -> None:
         self.job.cancel()
@@ -108,6 +111,9 @@ class JobController:
             kind = event["type"]
             if kind in ("stage", "progress", "warning"):
                 self.progress.update(event)
+                message = str(event.get("message", "")) if kind == "warning" else ""
+                if message and message not in self.server_warnings:
+                    self.server_warnings.append(message)
                 state.stage = self.progress.stage
                 state.progress = self.progress.factor
                 if not self.job.cancelling:
@@ -131,9 +137,20 @@ class JobController:
         return self.outcome
 
     def _import(self, context: Any, take_path: str) -> Outcome:
-        replace, warnings = None, []
+        warnings = list(self.server_warnings)
+        scene = bpy.data.scenes.get(self.scene_name) if self.scene_name else None
+        if scene is not None and scene != context.scene and context.window is not None:
+            context.window.scene = scene  # the settings came from there; its fps, range and camera are the take's
+            warnings.append(f"Switched back to the scene {scene.name}, where the reconstruction was started, to "
+                            f"import the take.")
+        replace = None
         if self.replace_id is not None:
-            replace = importer.find_imported_root(*self.replace_id)
+            named = bpy.data.objects.get(self.replace_name)  # a duplicated rig shares the take id: the name first
+            if named is not None and getattr(named.microexp_take, "is_take_root", False) and \
+                    (named.microexp_take.take_id, named.microexp_take.take_path) == self.replace_id:
+                replace = named
+            else:
+                replace = importer.find_imported_root(*self.replace_id)
             if replace is None:
                 warnings.append(f"The rig {self.replace_name} was deleted during the reconstruction, so the take "
                                 f"was imported as a new rig.")
@@ -145,7 +162,7 @@ class JobController:
             traceback.print_exc()
             return Outcome("ERROR", f"Importing the take failed unexpectedly; it is still in {take_path} (details "
                                     f"in the system console).")
-        if replace is not None and result.replaced:
+        if self.replace_id is not None:
             context.scene.microexp.target_root = result.root  # the next run updates the new rig
         verb = "Updated" if result.replaced else "Imported"
         return Outcome("FINISHED", f"{verb} {result.collection.name} ({result.frame_end - result.frame_start + 1} "

@@ -212,18 +212,19 @@ class JobProgress:
     last_warning: str = ""
 
     def update(self, event: dict[str, Any]) -> None:
+        """Fold one event in; fields of the wrong type are ignored (a server's slip must not stop the job's UI)."""
         kind = event.get("type")
         if kind == "stage":
             self.stage = str(event.get("name", self.stage))
-            self.stage_count = max(1, int(event.get("count", self.stage_count) or 1))
-            self.stage_index = min(max(0, int(event.get("index", 0) or 0)), self.stage_count - 1)
+            self.stage_count = max(1, _count(event.get("count"), self.stage_count))
+            self.stage_index = min(max(0, _count(event.get("index"), 0)), self.stage_count - 1)
             self.done, self.total, self.eta_s = 0, 0, None
         elif kind == "progress":
             self.stage = str(event.get("stage", self.stage))
-            self.done = int(event.get("done", 0) or 0)
-            self.total = int(event.get("total", 0) or 0)
+            self.done = _count(event.get("done"), 0)
+            self.total = _count(event.get("total"), 0)
             eta = event.get("eta_s")
-            self.eta_s = float(eta) if isinstance(eta, (int, float)) else None
+            self.eta_s = float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else None
         elif kind == "warning":
             self.warnings += 1
             self.last_warning = str(event.get("message", ""))
@@ -242,6 +243,13 @@ class JobProgress:
         if self.eta_s is not None:
             parts.append(f"{format_duration(self.eta_s)} left")
         return " · ".join(parts)
+
+
+def _count(value: Any, default: int) -> int:
+    """A protocol count as an int; `default` when it is missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return default
+    return int(value)
 
 
 def format_duration(seconds: float) -> str:

@@ -20,7 +20,7 @@ class MICROEXP_OT_import_take(Operator, ImportHelper):
     filename_ext = ".json"
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})  # type: ignore[valid-type]
     frame_start: IntProperty(  # type: ignore[valid-type]
-        name="Start Frame", description="Scene frame of the take's first frame", default=1)
+        name="Start Frame", description="Scene frame of the take's first frame", default=1, min=0)
     push_to_nla: BoolProperty(  # type: ignore[valid-type]
         name="Push to NLA", default=True,
         description="Put the take's action on an NLA track so other animation can be layered over it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import traceback
 from typing import Any
 
 import bpy
@@ -19,7 +20,7 @@ class MICROEXP_OT_run_job(Operator):
 
     bl_idname = "microexp.run_job"
     bl_label = "Reconstruct"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"UNDO"}  # one undo step; not REGISTER: Repeat Last would run the blocking execute()
 
     _controller: JobController | None = None
     _timer: Any = None
@@ -37,13 +38,28 @@ class MICROEXP_OT_run_job(Operator):
         return True
 
     def _report(self, outcome: Outcome) -> set[str]:
-        for warning in outcome.warnings:
-            self.report({"WARNING"}, warning)
+        # The status bar shows the latest report: the outcome first, then its warnings stay in sight.
         if outcome.status == "FINISHED":
             self.report({"INFO"}, outcome.message)
-            return {"FINISHED"}
-        self.report({"ERROR"} if outcome.status == "ERROR" else {"WARNING"}, outcome.message)
-        return {"CANCELLED"}
+        else:
+            self.report({"ERROR"} if outcome.status == "ERROR" else {"WARNING"}, outcome.message)
+        for warning in outcome.warnings:
+            self.report({"WARNING"}, warning)
+        return {"FINISHED"} if outcome.status == "FINISHED" else {"CANCELLED"}
+
+    def _pump(self, context: bpy.types.Context) -> Outcome | None:
+        """One pump of the job; an unexpected error stops the server and ends the job in one sentence instead of
+        leaving it marked running with its timer firing."""
+        assert self._controller is not None
+        try:
+            return self._controller.pump(context)
+        except Exception:
+            traceback.print_exc()
+            self._controller.abandon(context)
+            outcome = Outcome("ERROR", "The job stopped on an unexpected error; nothing was imported (details in the "
+                                       "system console).")
+            context.window_manager.microexp_job.last_message = outcome.message
+            return outcome
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if not self._start(context):
@@ -55,15 +71,18 @@ class MICROEXP_OT_run_job(Operator):
 
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         assert self._controller is not None
-        if event.type == "ESC" and event.value == "PRESS":
+        esc = event.type == "ESC" and event.value == "PRESS" and _over_3d_view(context, event) \
+            and not context.screen.is_animation_playing
+        if esc:  # over the 3D View, when ESC is not stopping playback: it cancels the job (and stops there)
             context.window_manager.microexp_job.cancel_requested = True
-        if event.type not in ("TIMER", "ESC"):
+        elif event.type != "TIMER":
             return {"PASS_THROUGH"}
-        outcome = self._controller.pump(context)
+        outcome = self._pump(context)
         _redraw_panels(context)
         if outcome is None:
-            return {"RUNNING_MODAL"}
+            return {"RUNNING_MODAL"} if esc else {"PASS_THROUGH"}  # other operators' timers go on to them
         context.window_manager.event_timer_remove(self._timer)
+        self._timer = None
         return self._report(outcome)
 
     def cancel(self, context: bpy.types.Context) -> None:
@@ -72,15 +91,24 @@ class MICROEXP_OT_run_job(Operator):
             self._controller.abandon(context)
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         """Blocking run for scripts and background mode: the same controller, pumped in a loop."""
         if not self._start(context):
             return {"CANCELLED"}
         assert self._controller is not None
-        while (outcome := self._controller.pump(context)) is None:
+        while (outcome := self._pump(context)) is None:
             time.sleep(TIMER_S)
         return self._report(outcome)
+
+
+def _over_3d_view(context: bpy.types.Context, event: bpy.types.Event) -> bool:
+    screen = getattr(context, "screen", None)
+    if screen is None:
+        return False
+    return any(area.type == "VIEW_3D" and area.x <= event.mouse_x < area.x + area.width
+               and area.y <= event.mouse_y < area.y + area.height for area in screen.areas)
 
 
 def _redraw_panels(context: bpy.types.Context) -> None:

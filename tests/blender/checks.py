@@ -516,9 +516,23 @@ def check_job_updates_the_chosen_rig_or_a_new_one(tmp: Path) -> None:
 
     outcome = _run_controller(tmp, delete_target)
     assert outcome.status == "FINISHED" and outcome.message.startswith("Imported MicroExp clip_face"), outcome.message
-    assert outcome.warnings[0] == ("The rig clip_face_root was deleted during the reconstruction, so the take was "
-                                   "imported as a new rig.")
+    assert ("The rig clip_face_root was deleted during the reconstruction, so the take was imported as a new "
+            "rig.") in outcome.warnings
+    assert "This is a fake server." in outcome.warnings  # the server's warnings reach the artist too
+    assert scene.target_root == outcome.result.root  # the panel points at the rig that now holds the take
     assert len(bpy.data.armatures) == 1 and not bpy.context.window_manager.microexp_job.running
+
+    # A duplicate of the rig (Shift+D copies its take id) is updated when it is the one chosen, not the original.
+    duplicate = scene.target_root.copy()
+    bpy.context.scene.collection.objects.link(duplicate)
+    duplicate.name = "clip_face_root.copy"
+    original = scene.target_root
+    scene.target_root = duplicate
+    outcome = _run_controller(tmp)
+    assert outcome.status == "FINISHED" and "clip_face_root.copy" not in bpy.data.objects
+    assert original.name == "clip_face_root" and original.children  # the original rig is untouched
+    assert scene.target_root == outcome.result.root and outcome.result.root != original
+    assert len(bpy.data.armatures) == 2  # the original's and the one that replaced the duplicate
 
     scene.target = "NEW"
     counts = (len(bpy.data.objects), len(bpy.data.actions), len(bpy.data.collections))
@@ -531,6 +545,54 @@ def check_job_updates_the_chosen_rig_or_a_new_one(tmp: Path) -> None:
                                                                  "imported.")
     assert (len(bpy.data.objects), len(bpy.data.actions), len(bpy.data.collections)) == counts
     assert not bpy.context.window_manager.microexp_job.running
+
+
+def check_job_survives_an_unexpected_error(tmp: Path) -> None:
+    """A bug while pumping the job ends it in one sentence: the server is stopped, the panel is free again."""
+    from blender_microexp.blender import jobs as blender_jobs
+
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    clip = tmp / "clip_face.mp4"
+    clip.write_bytes(b"x")
+    bpy.context.scene.microexp.clip = str(clip)
+    original = blender_jobs.JobController.pump
+
+    def broken(self: Any, context: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    blender_jobs.JobController.pump = broken  # type: ignore[method-assign]
+    os.environ["MICROEXP_FAKE_MODE"] = "slow"
+    try:
+        result, message = call_operator(bpy.ops.microexp.run_job)
+    finally:
+        blender_jobs.JobController.pump = original  # type: ignore[method-assign]
+        os.environ.pop("MICROEXP_FAKE_MODE", None)
+    state = bpy.context.window_manager.microexp_job
+    assert result == {"CANCELLED"}
+    assert message == ("The job stopped on an unexpected error; nothing was imported (details in the system "
+                       "console).")
+    assert not state.running and state.last_message == message
+    time.sleep(0.2)
+    child = Path(state.job_dir) / "child.pid"
+    if child.exists():
+        assert not _alive(int(child.read_text())), "the server's child survived"
+
+
+def check_import_returns_to_the_artists_mode(tmp: Path) -> None:
+    """Importing while the artist edits a mesh leaves them in Edit Mode on it afterwards."""
+    fresh_file()
+    mesh = bpy.data.meshes.new("prop")
+    mesh.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    prop = bpy.data.objects.new("prop", mesh)
+    bpy.context.scene.collection.objects.link(prop)
+    bpy.context.view_layer.objects.active = prop
+    bpy.ops.object.mode_set(mode="EDIT")
+    folder = fixtures.make_fixture_take(tmp / "take_mode", T=4, V=60, E=2, K=1)
+    result = importer.import_take(bpy.context, folder)
+    assert bpy.context.mode == "EDIT_MESH" and bpy.context.view_layer.objects.active == prop
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert_matches_take(result, folder, [0, 3])
 
 
 def check_load_pre_stops_jobs(tmp: Path) -> None:
@@ -587,6 +649,8 @@ ALL_CHECKS = [
     check_operator_checkpoint,
     check_controller_cancel,
     check_job_updates_the_chosen_rig_or_a_new_one,
+    check_job_survives_an_unexpected_error,
+    check_import_returns_to_the_artists_mode,
     check_load_pre_stops_jobs,
 ]
 SHARED_CHECKS = [check_flame_topology]

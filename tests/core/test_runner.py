@@ -60,6 +60,18 @@ def test_successful_job_streams_events_and_writes_a_take(tmp_path: Path) -> None
     assert job not in runner.active_jobs()
 
 
+def test_progress_ignores_fields_of_the_wrong_type() -> None:
+    """A server's slip (a count that is not a number) must not raise in the panel's pump."""
+    progress = jobs.JobProgress()
+    progress.update({"type": "stage", "name": "fit", "index": "one", "count": None})
+    progress.update({"type": "progress", "stage": "fit", "done": "3", "total": 10.0, "eta_s": "soon"})
+    assert (progress.stage, progress.stage_index, progress.stage_count) == ("fit", 0, 1)
+    assert (progress.done, progress.total, progress.eta_s) == (0, 10, None)
+    progress.update({"type": "stage", "name": "refine", "index": 2, "count": 4})
+    progress.update({"type": "progress", "stage": "refine", "done": 5, "total": 10, "eta_s": 7})
+    assert progress.factor == pytest.approx((2 + 0.5) / 4) and progress.text() == "refine 50% · 7 s left"
+
+
 def test_crashing_server_gives_one_error_naming_the_log(tmp_path: Path) -> None:
     job = _start(tmp_path, "crash")
     events = job.wait_finished(timeout=30)
