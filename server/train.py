@@ -148,9 +148,15 @@ def train(
     step = 0
     if ckpt is not None:
         load_weights(nets, ckpt, str(resume))
-        if ckpt.get("stages") == cfg.stages and "optimizer" in ckpt:
+        kept = ckpt.get("stages") == cfg.stages and "optimizer" in ckpt
+        if kept:
             optimizer.load_state_dict(ckpt["optimizer"])
         step = int(ckpt.get("step", 0))
+        if ckpt.get("stages") != cfg.stages:
+            say(f"The checkpoint was trained with stages '{ckpt.get('stages')}'; training goes on with "
+                f"'{cfg.stages}', so its optimizer state is not kept.")
+        say(f"resuming {resume} at step {step} with stages '{cfg.stages}', up to step {step + cfg.steps}; optimizer "
+            f"state {'kept' if kept else 'not kept'}")
 
     run = prepare or default_prepare(head, cancel)
     objectives: list[ClipObjective] = []
@@ -251,18 +257,24 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clips", required=True, help="folder of video clips")
     parser.add_argument("--out", default=None, help="checkpoint to write (default: CLIPS/microexp-refine.pt)")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from")
-    parser.add_argument("--steps", type=positive_int, default=TrainConfig.steps, help="optimisation steps")
+    parser.add_argument("--steps", type=positive_int, default=TrainConfig.steps,
+                        help=f"optimisation steps (default {TrainConfig.steps}); with --resume they are added to the "
+                             "checkpoint's")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--head-model", default="builtin", help="'builtin' or a FLAME folder/file")
-    parser.add_argument("--stages", default="full", choices=["dem", "full"])
+    parser.add_argument("--stages", default=None, choices=["dem", "full"],
+                        help="networks to train (default: the --resume checkpoint's stages, else full)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     out = Path(args.out) if args.out else Path(args.clips) / "microexp-refine.pt"
-    cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages)
+    cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages or "full")
     cancel = CancelFlag()  # Ctrl-C (SIGINT) or SIGTERM: the loop saves its last steps and stops
     cancel.install_signal_handlers()
     try:
         list_clips(args.clips)  # fail on a wrong folder or output before building the head model
         check_checkpoint_path(out)
+        if args.resume is not None and args.stages is None:  # resuming goes on with the checkpoint's stages
+            saved = load_checkpoint(args.resume).get("stages")
+            cfg.stages = saved if saved in ("dem", "full") else cfg.stages
         report = train(args.clips, out, cfg, resume=args.resume, model=default_model(args.head_model),
                        cancel=cancel, log=lambda msg: print(msg, file=sys.stderr))
     except MicroexpError as exc:

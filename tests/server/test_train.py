@@ -258,3 +258,31 @@ def test_ctrl_c_saves_says_one_sentence_and_exits_130(tmp_path: Path, capsys: py
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in err)
     assert load_checkpoint(out)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "refine.pt"]
+
+
+def test_resuming_goes_on_with_the_checkpoint_s_stages_and_says_so(
+        tmp_path: Path, model: HeadModel, clips: dict[str, Any], capsys: pytest.CaptureFixture[str],
+        own_signal_handlers: None, cli_stand_ins: None) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4", "b.mp4"])
+    dem = tmp_path / "dem.pt"
+    train(folder, dem, replace(TINY, steps=1, stages="dem"), model=model, prepare=lambda p: clips[p.name])
+
+    def adam_steps(path: Path) -> float:
+        return float(next(iter(load_checkpoint(path)["optimizer"]["state"].values()))["step"])
+
+    out = tmp_path / "more.pt"
+    assert main_train(["--clips", str(folder), "--resume", str(dem), "--out", str(out), "--steps", "1",
+                       "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"resuming {dem} at step 1 with stages 'dem', up to step 2; optimizer state kept"
+    ckpt = load_checkpoint(out)
+    assert ckpt["stages"] == "dem" and ckpt["step"] == 2 and adam_steps(out) == 2.0
+
+    assert main_train(["--clips", str(folder), "--resume", str(dem), "--out", str(out), "--steps", "1",
+                       "--device", "cpu", "--stages", "full"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        "The checkpoint was trained with stages 'dem'; training goes on with 'full', so its optimizer state is not "
+        "kept.",
+        f"resuming {dem} at step 1 with stages 'full', up to step 2; optimizer state not kept"]
+    assert load_checkpoint(out)["stages"] == "full" and adam_steps(out) == 1.0
