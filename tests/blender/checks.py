@@ -406,6 +406,30 @@ def check_operator_server_that_cannot_start(tmp: Path) -> None:
     assert not bpy.context.window_manager.microexp_job.running
 
 
+def check_operator_check_server(tmp: Path) -> None:
+    """Check Server writes the server's versions, or the problem, into the preferences' status line."""
+    fresh_file()
+    set_server(FAKE_DIR, cache_dir=tmp / "cache")
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    result, message = call_operator(bpy.ops.microexp.check_server)
+    assert result == {"FINISHED"} and prefs.server_status.startswith("Server fake-0"), prefs.server_status
+    # In the UI the check runs on a thread and a timer writes the answer (background mode runs it in place).
+    from blender_microexp.operators.check_server import start_check
+
+    prefs.server_status = ""
+    poll = start_check(bpy.context, sys.executable, str(FAKE_DIR))
+    assert prefs.server_status == "Checking the server…"
+    deadline = time.monotonic() + 30
+    while poll() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert prefs.server_status.startswith("Server fake-0"), prefs.server_status
+    set_server(FAKE_DIR, python=str(tmp / "no-python"), cache_dir=tmp / "cache")
+    result, message = call_operator(bpy.ops.microexp.check_server)
+    assert result == {"CANCELLED"} and message == prefs.server_status
+    assert message == (f"The server interpreter {tmp / 'no-python'} does not exist; run ./microexp setup or choose "
+                       "another Python.")
+
+
 def check_operator_checkpoint(tmp: Path) -> None:
     """The panel's checkpoint reaches the server with the Full Model; a missing one is refused in one sentence
     before any server starts; with another stage the field is not used."""
@@ -646,6 +670,7 @@ ALL_CHECKS = [
     check_operator_job_garbage,
     check_operator_setup_error,
     check_operator_server_that_cannot_start,
+    check_operator_check_server,
     check_operator_checkpoint,
     check_controller_cancel,
     check_job_updates_the_chosen_rig_or_a_new_one,
