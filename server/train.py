@@ -165,6 +165,7 @@ def train(
     for i, clip in enumerate(clips):
         if cancel is not None and cancel():
             raise Cancelled(not_started)
+        t_clip = time.perf_counter()
         try:
             pre, coarse = run(clip)
             tensors, topo, _ = prepare_clip(head, pre, coarse, model_cfg, device, cancel=cancel)
@@ -175,6 +176,8 @@ def train(
             say(f"skipping {clip.name}: {exc}")
             continue
         objectives.append(ClipObjective(head, topo, tensors, nets, model_cfg))
+        say(f"prepared {clip.name} ({i + 1}/{len(clips)}): {tensors.n_frames} frames in "
+            f"{time.perf_counter() - t_clip:.1f} s")
         if progress is not None:
             progress("prepare", i + 1, len(clips))
     if not objectives:
@@ -283,5 +286,12 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     except Cancelled as exc:
         print(str(exc), file=sys.stderr)
         return 130  # as `reconstruct`
-    print(f"wrote {report['checkpoint']} after {report['steps']} steps", file=sys.stderr)
+    loss = "" if report["loss_last"] is None else f", loss {report['loss_last']:.5f} at the last step"
+    print(f"wrote {report['checkpoint']} after {report['steps']} steps on {report['clips']} clips{loss}",
+          file=sys.stderr)
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} of {report['clips'] + len(report['skipped'])} clips:",
+              file=sys.stderr)
+        for entry in report["skipped"]:
+            print(f"  {entry}", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -236,7 +237,12 @@ def cli_stand_ins(monkeypatch: pytest.MonkeyPatch, model: HeadModel, clips: dict
     import server.train
 
     monkeypatch.setattr(server.train, "default_model", lambda spec="builtin": model)
-    monkeypatch.setattr(server.train, "default_prepare", lambda head, cancel=None: lambda p: clips[p.name])
+    def prepare(path: Path) -> Any:
+        if path.name not in clips:
+            raise ClipError(f"The clip '{path.name}' shows no face.")
+        return clips[path.name]
+
+    monkeypatch.setattr(server.train, "default_prepare", lambda head, cancel=None: prepare)
 
 
 def test_ctrl_c_saves_says_one_sentence_and_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -286,3 +292,17 @@ def test_resuming_goes_on_with_the_checkpoint_s_stages_and_says_so(
         "kept.",
         f"resuming {dem} at step 1 with stages 'full', up to step 2; optimizer state not kept"]
     assert load_checkpoint(out)["stages"] == "full" and adam_steps(out) == 1.0
+
+
+def test_each_prepared_clip_is_said_and_the_end_lists_skipped_clips_and_the_last_loss(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], own_signal_handlers: None, cli_stand_ins: None) -> None:
+    folder = clip_folder(tmp_path, ["a.mp4", "b.mp4", "broken.mov"])
+    out = tmp_path / "refine.pt"
+    assert main_train(["--clips", str(folder), "--out", str(out), "--steps", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"prepared a\.mp4 \(1/3\): 10 frames in \d+\.\d s", err[0])
+    assert re.fullmatch(r"prepared b\.mp4 \(2/3\): 9 frames in \d+\.\d s", err[1])
+    assert err[2] == "skipping broken.mov: The clip 'broken.mov' shows no face."
+    assert re.fullmatch(rf"wrote {re.escape(str(out))} after 1 steps on 2 clips, loss \d+\.\d{{5}} at the last step",
+                        err[-3])
+    assert err[-2:] == ["skipped 1 of 3 clips:", "  broken.mov: The clip 'broken.mov' shows no face."]
