@@ -9,6 +9,7 @@ piecewise-affinely from the photo's projected mesh to the frame's. See docs/fit-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
@@ -369,46 +370,58 @@ def make_clip(out_path: str | Path, fps: float = 30, frames: int = 90, width: in
 
     warper = FaceWarper(base2d, base_depth, head.data.faces, (width, height))
     gain = 1.0 + (0.015 * smooth_noise(rng, frames, fps, 1, period_s=0.3)[:, 0] if flicker else np.zeros(frames))
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (width, height))
-    if not writer.isOpened():
-        raise OutputError(f"Cannot write the video {out}.")
+    # Both go to temporary names in the folder and are renamed at the end, the truth last (an older truth removed
+    # first), so a failed or interrupted run leaves neither half a file nor an old truth beside a new video.
+    truth_path = out.with_name(out.name + ".truth.npz") if out.suffix == "" else out.with_suffix(".truth.npz")
+    video_tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # the suffix picks OpenCV's container
+    truth_tmp = truth_path.with_name(truth_path.name + ".tmp.npz")
+    onset_frame = int(max(0, min([int(ev.onset) for ev in events], default=1) - 1))
     photo_f = image.astype(np.float32)
     try:
-        for t in range(frames):
-            frame = warper.warp(photo_f, proj[t], base2d) * gain[t]
-            if noise:
-                frame = frame + rng.normal(0.0, 1.5, frame.shape)
-            writer.write(cv2.cvtColor(np.clip(frame + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+        writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (width, height))
+        if not writer.isOpened():
+            raise OutputError(f"Cannot write the video {out}.")
+        try:
+            for t in range(frames):
+                frame = warper.warp(photo_f, proj[t], base2d) * gain[t]
+                if noise:
+                    frame = frame + rng.normal(0.0, 1.5, frame.shape)
+                writer.write(cv2.cvtColor(np.clip(frame + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+        np.savez_compressed(
+            truth_tmp,
+            vertices=verts.numpy().astype(np.float32),
+            expression=expression.astype(np.float32),
+            pose=pose.astype(np.float32),
+            translation=translation.astype(np.float32),
+            camera=base.camera.astype(np.float32),
+            shape=base.shape.astype(np.float32),
+            faces=head.data.faces.astype(np.int64),
+            expression_basis=exprdirs.astype(np.float32),
+            expression_names=np.array(names),
+            au_names=np.array([ev.name for ev in events], dtype=str),
+            au_onset=np.array([int(round(ev.onset)) for ev in events], dtype=np.int64),
+            au_apex=np.array([int(round(ev.apex)) for ev in events], dtype=np.int64),
+            au_offset=np.array([int(round(ev.offset)) for ev in events], dtype=np.int64),
+            au_peak_mm=np.array([ev.peak_mm for ev in events], dtype=np.float32),
+            onset_frame=np.int64(onset_frame),
+            fps=np.float64(fps),
+            image_size=np.array([width, height], dtype=np.int64),
+            model_id=np.array(head.data.model_id),
+            projected=proj.astype(np.float32),
+            **local,
+        )
+        truth_path.unlink(missing_ok=True)
+        video_tmp.replace(out)
+        truth_tmp.replace(truth_path)
+    except OSError as exc:
+        raise OutputError(f"Cannot write the clip {out} and its truth {truth_path.name} "
+                          f"({exc.strerror or exc}).") from None
     finally:
-        writer.release()
-
-    truth_path = out.with_name(out.name + ".truth.npz") if out.suffix == "" else out.with_suffix(".truth.npz")
-    tmp = truth_path.with_name(truth_path.name + ".tmp.npz")
-    onset_frame = int(max(0, min([int(ev.onset) for ev in events], default=1) - 1))
-    np.savez_compressed(
-        tmp,
-        vertices=verts.numpy().astype(np.float32),
-        expression=expression.astype(np.float32),
-        pose=pose.astype(np.float32),
-        translation=translation.astype(np.float32),
-        camera=base.camera.astype(np.float32),
-        shape=base.shape.astype(np.float32),
-        faces=head.data.faces.astype(np.int64),
-        expression_basis=exprdirs.astype(np.float32),
-        expression_names=np.array(names),
-        au_names=np.array([ev.name for ev in events], dtype=str),
-        au_onset=np.array([int(round(ev.onset)) for ev in events], dtype=np.int64),
-        au_apex=np.array([int(round(ev.apex)) for ev in events], dtype=np.int64),
-        au_offset=np.array([int(round(ev.offset)) for ev in events], dtype=np.int64),
-        au_peak_mm=np.array([ev.peak_mm for ev in events], dtype=np.float32),
-        onset_frame=np.int64(onset_frame),
-        fps=np.float64(fps),
-        image_size=np.array([width, height], dtype=np.int64),
-        model_id=np.array(head.data.model_id),
-        projected=proj.astype(np.float32),
-        **local,
-    )
-    tmp.replace(truth_path)
+        for tmp in (video_tmp, truth_tmp):
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return truth_path
 
 
@@ -458,5 +471,8 @@ def main_make_clip(argv: Sequence[str] | None = None) -> int:
     except MicroexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nCancelled; no clip was written.", file=sys.stderr)
+        return 130  # as `reconstruct`
     print(f"wrote {args.out} and {truth}", file=sys.stderr)
     return 0

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 from server.metrics import face_mask_for, micro_motion_error, vertex_error_mm
-from server.synth import AUEvent, FaceWarper, SynthError, au_timeline, make_clip, resolve_au
+from server.synth import AUEvent, FaceWarper, SynthError, au_timeline, main_make_clip, make_clip, resolve_au
 
 
 def _read_frames(path: Path) -> tuple[list[np.ndarray], float]:
@@ -180,3 +182,28 @@ def test_make_clip_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert main_make_clip([str(tmp_path / "a.mp4"), "--frames", "1"]) == 1
     assert "at least 2 frames" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("failure", ["full disk", "Ctrl-C"])
+def test_a_failed_or_interrupted_make_clip_leaves_the_old_clip_and_truth_and_no_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], failure: str) -> None:
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(b"an older clip")
+    (tmp_path / "clip.truth.npz").write_bytes(b"its truth")
+
+    def fails(path: Any, **_arrays: Any) -> None:  # half a truth written, then the failure
+        Path(path).write_bytes(b"half a truth")
+        if failure == "Ctrl-C":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", fails)
+    code = main_make_clip([str(out), "--frames", "2", "--size", "64x64"])
+    err = capsys.readouterr().err.strip()
+    if failure == "Ctrl-C":
+        assert (code, err) == (130, "Cancelled; no clip was written.")
+    else:
+        assert (code, err) == (1, f"error: Cannot write the clip {out} and its truth clip.truth.npz "
+                                  "(No space left on device).")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.truth.npz"]
+    assert out.read_bytes() == b"an older clip" and (tmp_path / "clip.truth.npz").read_bytes() == b"its truth"
