@@ -115,16 +115,25 @@ def bench_server(work: Path, frames: int, clips: int) -> str:
     return "\n".join(out)
 
 
-VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
-    ("coarse fit only", "coarse", {}),
-    ("onset-relative flow solve (no networks)", "solve", {}),
-    ("+ dynamic-encoded module", "dem", {}),
-    ("full (+ mesh deformation)", "full", {}),
-    ("full without motion features", "full", {"use_motion_features": False}),
-    ("full without landmark features", "full", {"use_landmark_features": False}),
-    ("full without geometry features", "full", {"use_geometry_features": False}),
-    ("full without geometric losses", "full", {"use_geometric_losses": False}),
+VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [  # (--variants name, table row, stages, RefineConfig flags)
+    ("coarse", "coarse fit only", "coarse", {}),
+    ("solve", "onset-relative flow solve (no networks)", "solve", {}),
+    ("dem", "+ dynamic-encoded module", "dem", {}),
+    ("full", "full (+ mesh deformation)", "full", {}),
+    ("no-motion-features", "full without motion features", "full", {"use_motion_features": False}),
+    ("no-landmark-features", "full without landmark features", "full", {"use_landmark_features": False}),
+    ("no-geometry-features", "full without geometry features", "full", {"use_geometry_features": False}),
+    ("no-geometric-losses", "full without geometric losses", "full", {"use_geometric_losses": False}),
 ]
+VARIANT_NAMES = [v[0] for v in VARIANTS]
+
+
+def select_variants(names: list[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(table row, stages, flags) of the variants `names` (VARIANT_NAMES; None: all), in the table's order."""
+    unknown = sorted(set(names or []) - set(VARIANT_NAMES))
+    if unknown or names == []:
+        raise ValueError(f"Unknown model variants {unknown or names}: name one or more of {', '.join(VARIANT_NAMES)}.")
+    return [(row, stages, flags) for name, row, stages, flags in VARIANTS if names is None or name in names]
 
 
 def bench_model(work: Path, frames: int, clips: int, variants: list[str] | None, local_motion: bool = False) -> str:
@@ -137,7 +146,7 @@ def bench_model(work: Path, frames: int, clips: int, variants: list[str] | None,
     from .synth import make_clip
     from .take import detail_basis, evaluate_vertices
 
-    chosen = [v for v in VARIANTS if variants is None or v[0].split()[0] in variants or v[0] in variants]
+    chosen = select_variants(variants)
     errors: dict[str, list[float]] = {name: [] for name, _, _ in chosen}
     times: dict[str, list[float]] = {name: [] for name, _, _ in chosen}
     for seed in range(clips):
@@ -178,16 +187,43 @@ def bench_model(work: Path, frames: int, clips: int, variants: list[str] | None,
                  ("variant", "micro-motion error", "vs coarse", "refine s / 100 frames"), rows)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return value
+
+
+def unwritable(out: Path) -> str | None:
+    """Why the tables could not be written to `out`, in one sentence, or None."""
+    if out.is_dir():
+        return f"--out {out} is a folder; name a markdown file."
+    if not out.parent.is_dir():
+        return f"The folder {out.parent} for --out does not exist."
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"--out {out} is not writable."
+    return None
+
+
 def main_bench(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="microexp bench", description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["server", "model", "all"], default="all")
     p.add_argument("--frames", type=int, default=100)
-    p.add_argument("--clips", type=int, default=3, help="made clips for the accuracy tables")
-    p.add_argument("--variants", nargs="*", default=None, help="model variants to run (default all)")
+    p.add_argument("--clips", type=positive_int, default=3, help="made clips for the accuracy tables (1 or more)")
+    p.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=None, metavar="NAME",
+                   help=f"model variants to run (default all): {', '.join(VARIANT_NAMES)}")
     p.add_argument("--local-motion", action="store_true",
                    help="model part: made clips whose events also move the skin outside the expression basis")
     p.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
+    problem = unwritable(Path(args.out)) if args.out else None
+    if problem:  # before minutes of work, not after them
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     parts = []
     with tempfile.TemporaryDirectory(prefix="microexp-bench-") as tmp:
         work = Path(tmp)
@@ -198,5 +234,10 @@ def main_bench(argv: list[str]) -> int:
     text = f"_Machine: {machine_line()}_\n\n" + "\n".join(parts)
     print(text)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: the tables above could not be written to {args.out} ({exc.strerror or exc}).",
+                  file=sys.stderr)
+            return 1
     return 0
