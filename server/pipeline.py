@@ -149,17 +149,21 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         remove_stale_temporaries(out, pattern)
     n_stages = 3 if opts.stages == "coarse" else 4
     t_start = time.perf_counter()
+    checkpoint = opts.checkpoint
+    if checkpoint is not None and opts.stages in ("coarse", "solve"):  # neither runs the networks it holds
+        rep.warning(f"The checkpoint {checkpoint} is not used: the '{opts.stages}' stage runs no networks.")
+        checkpoint = None
 
     # A wrong FLAME path or checkpoint should fail before minutes of preprocessing. With FLAME files the checkpoint's
     # head-model dims are checked here too; the built-in head is made for the clip, so for it they are checked when
     # the refinement loads the checkpoint.
     flame_model = None if opts.model == "builtin" else load_model(opts.model)
-    if opts.checkpoint is not None and opts.stages != "coarse":
+    if checkpoint is not None:
         from .models.checkpoint import load_checkpoint
         from .refine import RefineConfig, check_checkpoint_fits, model_dims
 
-        ckpt = load_checkpoint(opts.checkpoint, None if flame_model is None else model_dims(flame_model))
-        check_checkpoint_fits(ckpt, opts.checkpoint, RefineConfig(**opts.refine_overrides))
+        ckpt = load_checkpoint(checkpoint, None if flame_model is None else model_dims(flame_model))
+        check_checkpoint_fits(ckpt, checkpoint, RefineConfig(**opts.refine_overrides))
 
     rep.stage("preprocess", 0, n_stages)
     pre = preprocess(str(clip), frames=opts.frames, flow=opts.flow, cache_dir=opts.cache_dir,
@@ -186,7 +190,7 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         if opts.device != "auto":
             cfg.device = opts.device
         refined = refine(model, pre, coarse, stages=opts.stages, config=cfg, progress=rep.progress,
-                         cancel=is_cancelled, checkpoint=opts.checkpoint)
+                         cancel=is_cancelled, checkpoint=checkpoint)
         expression, pose, translation = refined.expression, refined.pose, refined.translation
         displacement = refined.displacement
         refine_report = dict(refined.report)
@@ -217,7 +221,7 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             },
             "settings": {
                 "model": opts.model, "frames": list(opts.frames) if opts.frames else None, "flow": opts.flow,
-                "stages": opts.stages, "checkpoint": opts.checkpoint,
+                "stages": opts.stages, "checkpoint": checkpoint,
             },
             "stages": opts.stages,
             "landmark_source": getattr(pre, "lmk68_source", "mediapipe-map"),

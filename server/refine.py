@@ -860,7 +860,8 @@ def refine(
 
     Per-clip mode: networks start at the identity (zero last layers: output = the per-frame estimate, the onset
     solve's by default) or at `checkpoint`, and Adam runs on random runs of `batch_frames` (dem) /
-    `full_batch_frames` (full) frames until `iterations`, `time_budget_s` or a loss plateau.
+    `full_batch_frames` (full) frames until `iterations`, `time_budget_s` or a loss plateau. 'solve' ignores
+    `checkpoint`.
     Raises Cancelled when `cancel()` turns true, ClipError / CheckpointError (one sentence) on bad input.
     """
     cfg = config or RefineConfig()
@@ -883,6 +884,7 @@ def _refine(model: HeadModel, pre: PreprocessedLike, coarse: CoarseFitLike, stag
         raise ValueError(f"Unknown refinement stages '{stages}': use 'solve', 'dem' or 'full'.")
     if stages == "solve":  # the DEM at zero iterations returns its base exactly: the solve's result
         cfg = replace(cfg, iterations=0, onset_solve=True)
+        checkpoint = None  # trained networks would move that base: 'solve' uses none (reconstruct warns)
     device = resolve_device(cfg.device)
     nets, cfg, ckpt = build_nets(model, cfg, checkpoint, device)
     model = model.to(device)

@@ -210,3 +210,26 @@ def test_temporary_files_a_killed_run_left_are_removed_once_stale(tmp_path, stub
     (out / ".take-d4.npz.part").write_bytes(b"another run writing now")
     reconstruct(tmp_path / "clip.mp4", out, ReconstructOptions(stages="coarse", preview=False))
     assert leftovers(out) == [".take-d4.npz.part", ".take-notes.txt"]
+
+
+@pytest.mark.parametrize("stages", ["coarse", "solve"])
+def test_a_checkpoint_with_a_stage_that_runs_no_networks_is_a_warning_and_not_recorded(tmp_path, stubbed,
+                                                                                       monkeypatch, stages):
+    import server.refine
+
+    seen: list[Any] = []
+
+    def refine(*_args: Any, checkpoint: Any = None, **_kwargs: Any) -> SimpleNamespace:
+        seen.append(checkpoint)
+        return SimpleNamespace(expression=np.zeros((T, E)), pose=np.zeros((T, J, 3)), translation=np.zeros((T, 3)),
+                               displacement=None, report={"stages": stages})
+
+    monkeypatch.setattr(server.refine, "refine", refine)
+    ckpt = tmp_path / "refine.pt"
+    ckpt.write_bytes(b"never read")
+    rep = Warnings()
+    result = reconstruct(tmp_path / "clip.mp4", tmp_path / "out",
+                         ReconstructOptions(stages=stages, checkpoint=str(ckpt), preview=False), reporter=rep)
+    assert rep.messages == [f"The checkpoint {ckpt} is not used: the '{stages}' stage runs no networks."]
+    assert result.header["settings"]["checkpoint"] is None
+    assert seen == ([None] if stages == "solve" else [])

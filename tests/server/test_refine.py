@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,26 @@ def test_zero_iterations_returns_the_networks_starting_point(toy: Any) -> None:
     np.testing.assert_array_equal(only.translation, solved.translation)
     assert np.abs(only.displacement).max() == 0
     assert only.report["stages"] == "solve" and only.report["iterations"] == 0
+
+
+def test_the_solve_stage_ignores_a_checkpoint(toy: Any, tmp_path: Path) -> None:
+    """'solve' runs no networks: a trained checkpoint's would move its result, so it is not loaded."""
+    from server.models.checkpoint import save_checkpoint
+    from server.refine import MicroExpNets, model_dims
+
+    model, pre, coarse, _ = toy
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        nets = MicroExpNets(model.num_expression, FAST)
+        with torch.no_grad():
+            for param in nets.parameters():
+                param.add_(0.05 * torch.randn_like(param))  # trained: no longer the identity
+    path = tmp_path / "trained.pt"
+    save_checkpoint(path, {"nets": nets.state_dict(), "step": 7, "config": asdict(FAST), "dims": model_dims(model)})
+    plain = refine(model, pre, coarse, "solve", FAST)
+    given = refine(model, pre, coarse, "solve", FAST, checkpoint=path)
+    np.testing.assert_array_equal(given.expression, plain.expression)
+    assert given.report["checkpoint"] is None and given.report["checkpoint_step"] is None
 
 
 def test_rigid_jitter_is_removed_by_the_flow(toy: Any) -> None:
