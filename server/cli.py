@@ -151,6 +151,14 @@ def cmd_passthrough(name: str, argv: list[str]) -> int:
     raise AssertionError(name)
 
 
+PASSTHROUGH = {  # commands with their own argparse (main() hands them their arguments); listed here for --help
+    "make-clip": "make a clip with scripted micro-expressions and its ground truth",
+    "train": "train the refinement networks on a folder of clips into a checkpoint",
+    "bench": "stage timings, peak memory and accuracy tables",
+    "demo": "make a clip, reconstruct it and write demo/ (take, preview, demo.blend)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="microexp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,10 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "earlier after its 150 steps; the onset solve's fixed steps in two passes, ~22 s per 100 "
                          "frames of the built-in head, come on top)")
     rc.add_argument("--no-preview", action="store_true")
+    for name, text in PASSTHROUGH.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
-
-
-PASSTHROUGH = ("make-clip", "train", "bench", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,3 +195,14 @@ def test_a_user_error_s_cause_goes_to_the_log_only(tmp_path, monkeypatch, capsys
     error = run_in_process(tmp_path, monkeypatch, failure)
     assert error["code"] == "head_model" and error["message"] == str(failure)
     assert "caused by EOFError: Ran out of input" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys):
+    from server.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("    ") and not line.startswith("     ")}  # not a wrapped help text
+    assert listed == {"hello", "run", "reconstruct", "make-clip", "train", "bench", "demo"}
