@@ -198,6 +198,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def frame_count(text: str) -> int:
+    """argparse type: a clip length of 2 frames or more (a made clip needs motion between frames)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 2 or more, not {text!r}")
+    return value
+
+
 def unwritable(out: Path) -> str | None:
     """Why the tables could not be written to `out`, in one sentence, or None."""
     if out.is_dir():
@@ -212,7 +223,7 @@ def unwritable(out: Path) -> str | None:
 def main_bench(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="microexp bench", description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["server", "model", "all"], default="all")
-    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--frames", type=frame_count, default=100, help="frames per made clip (2 or more)")
     p.add_argument("--clips", type=positive_int, default=3, help="made clips for the accuracy tables (1 or more)")
     p.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=None, metavar="NAME",
                    help=f"model variants to run (default all): {', '.join(VARIANT_NAMES)}")

@@ -33,6 +33,7 @@ def test_each_variant_name_selects_its_own_row() -> None:
     (["--variants", "dem", "nonsense"],
      "argument --variants: invalid choice: 'nonsense' (choose from 'coarse', 'solve'"),
     (["--clips", "0"], "argument --clips: must be a whole number of 1 or more, not '0'"),
+    (["--frames", "1"], "argument --frames: must be a whole number of 2 or more, not '1'"),
 ])
 def test_a_wrong_command_line_is_refused_before_any_work(args: list[str], message: str, no_work: None,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
