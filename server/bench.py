@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.arguments import whole_number
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CLIP = ROOT.parent / "shared" / "clips" / "single_face.mp4"
 
@@ -187,28 +189,6 @@ def bench_model(work: Path, frames: int, clips: int, variants: list[str] | None,
                  ("variant", "micro-motion error", "vs coarse", "refine s / 100 frames"), rows)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
-    return value
-
-
-def frame_count(text: str) -> int:
-    """argparse type: a clip length of 2 frames or more (a made clip needs motion between frames)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be a whole number of 2 or more, not {text!r}")
-    return value
-
-
 def unwritable(out: Path) -> str | None:
     """Why the tables could not be written to `out`, in one sentence, or None."""
     if out.is_dir():
@@ -223,8 +203,8 @@ def unwritable(out: Path) -> str | None:
 def main_bench(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="microexp bench", description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["server", "model", "all"], default="all")
-    p.add_argument("--frames", type=frame_count, default=100, help="frames per made clip (2 or more)")
-    p.add_argument("--clips", type=positive_int, default=3, help="made clips for the accuracy tables (1 or more)")
+    p.add_argument("--frames", type=whole_number(2), default=100, help="frames per made clip (2 or more)")
+    p.add_argument("--clips", type=whole_number(1), default=3, help="made clips for the accuracy tables (1 or more)")
     p.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=None, metavar="NAME",
                    help=f"model variants to run (default all): {', '.join(VARIANT_NAMES)}")
     p.add_argument("--local-motion", action="store_true",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from server.arguments import whole_number
 from server.errors import Cancelled, ClipError, MicroexpError, OutputError
 from server.events import CancelFlag
 from server.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -242,17 +243,6 @@ def _save(path: str | Path, nets: MicroExpNets, optimizer: torch.optim.Optimizer
     })
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
-    return value
-
-
 def main_train(argv: Sequence[str] | None = None) -> int:
     """CLI: `train --clips DIR [--out ckpt.pt] [--resume ckpt.pt] [--steps N] [--device cpu|cuda] [--head-model
     SPEC] [--stages dem|full]`. Returns the exit status; a user error prints one sentence on stderr."""
@@ -260,7 +250,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clips", required=True, help="folder of video clips")
     parser.add_argument("--out", default=None, help="checkpoint to write (default: CLIPS/microexp-refine.pt)")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from")
-    parser.add_argument("--steps", type=positive_int, default=TrainConfig.steps,
+    parser.add_argument("--steps", type=whole_number(1), default=TrainConfig.steps,
                         help=f"optimisation steps (default {TrainConfig.steps}); with --resume they are added to the "
                              "checkpoint's")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
