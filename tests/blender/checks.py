@@ -334,13 +334,19 @@ def check_save_and_reopen(tmp: Path) -> None:
     assert bpy.data.objects["take_saved_root"].microexp_take.take_id == take.header["id"]
 
 
-def run_operator_job(tmp: Path, mode: str, frames: int = 6, stages: str = "full") -> tuple[set[str], Any]:
-    """Run microexp.run_job (blocking execute) against a fake server; returns (result, job state)."""
+def fake_server_scene(tmp: Path, clip_name: str = "clip_face.mp4", python: str = sys.executable) -> Path:
+    """A fresh file whose panel points at a clip (its bytes are never decoded) and the fake server."""
     fresh_file()
-    set_server(FAKE_DIR, cache_dir=tmp / "cache")
-    clip = tmp / "clip_face.mp4"
+    set_server(FAKE_DIR, python=python, cache_dir=tmp / "cache")
+    clip = tmp / clip_name
     clip.write_bytes(b"not decoded by the fake server")
     bpy.context.scene.microexp.clip = str(clip)
+    return clip
+
+
+def run_operator_job(tmp: Path, mode: str, frames: int = 6, stages: str = "full") -> tuple[set[str], Any]:
+    """Run microexp.run_job (blocking execute) against a fake server; returns (result, job state)."""
+    fake_server_scene(tmp)
     bpy.context.scene.microexp.stages = stages
     os.environ["MICROEXP_FAKE_MODE"] = mode
     os.environ["MICROEXP_FAKE_FRAMES"] = str(frames)
@@ -393,13 +399,9 @@ def check_operator_setup_error(tmp: Path) -> None:
 
 def check_operator_server_that_cannot_start(tmp: Path) -> None:
     """An interpreter that exists but cannot run: one sentence, and no job folder left behind."""
-    fresh_file()
     python = tmp / "python"
     python.write_text("not a program\n")  # a file, but not executable
-    set_server(FAKE_DIR, python=str(python), cache_dir=tmp / "cache")
-    clip = tmp / "clip_face.mp4"
-    clip.write_bytes(b"x")
-    bpy.context.scene.microexp.clip = str(clip)
+    fake_server_scene(tmp, python=str(python))
     result, message = call_operator(bpy.ops.microexp.run_job)
     assert result == {"CANCELLED"} and message.startswith(f"Cannot start the server with {python}"), message
     assert not list((tmp / "cache" / "jobs").iterdir())
@@ -468,11 +470,7 @@ def check_controller_cancel(tmp: Path) -> None:
     """The modal operator's code path: start, pump on a timer, cancel from the panel's button."""
     from blender_microexp.blender.jobs import JobController
 
-    fresh_file()
-    set_server(FAKE_DIR, cache_dir=tmp / "cache")
-    clip = tmp / "clip_slow.mp4"
-    clip.write_bytes(b"x")
-    bpy.context.scene.microexp.clip = str(clip)
+    fake_server_scene(tmp, "clip_slow.mp4")
     env = {**os.environ, "MICROEXP_FAKE_MODE": "slow"}
     controller = JobController.start(bpy.context, env=env)
     state = bpy.context.window_manager.microexp_job
@@ -522,12 +520,8 @@ def _run_controller(tmp: Path, before_done: Callable[[], None] | None = None) ->
 def check_job_updates_the_chosen_rig_or_a_new_one(tmp: Path) -> None:
     """Update Rig follows the chosen rig by identity: the panel then points at the new rig; a rig deleted while the
     job ran makes the take a new rig, with a warning; a cancel that comes after the take was written imports nothing."""
-    fresh_file()
-    set_server(FAKE_DIR, cache_dir=tmp / "cache")
-    clip = tmp / "clip_face.mp4"
-    clip.write_bytes(b"not decoded by the fake server")
+    fake_server_scene(tmp)
     scene = bpy.context.scene.microexp
-    scene.clip = str(clip)
     assert _run_controller(tmp).status == "FINISHED"
     scene.target = "UPDATE"
     scene.target_root = bpy.data.objects["clip_face_root"]
@@ -575,11 +569,7 @@ def check_job_survives_an_unexpected_error(tmp: Path) -> None:
     """A bug while pumping the job ends it in one sentence: the server is stopped, the panel is free again."""
     from blender_microexp.blender import jobs as blender_jobs
 
-    fresh_file()
-    set_server(FAKE_DIR, cache_dir=tmp / "cache")
-    clip = tmp / "clip_face.mp4"
-    clip.write_bytes(b"x")
-    bpy.context.scene.microexp.clip = str(clip)
+    fake_server_scene(tmp)
     original = blender_jobs.JobController.pump
 
     def broken(self: Any, context: Any) -> Any:
@@ -622,11 +612,7 @@ def check_import_returns_to_the_artists_mode(tmp: Path) -> None:
 def check_load_pre_stops_jobs(tmp: Path) -> None:
     from blender_microexp.blender.jobs import JobController
 
-    fresh_file()
-    set_server(FAKE_DIR, cache_dir=tmp / "cache")
-    clip = tmp / "clip_load.mp4"
-    clip.write_bytes(b"x")
-    bpy.context.scene.microexp.clip = str(clip)
+    fake_server_scene(tmp, "clip_load.mp4")
     controller = JobController.start(bpy.context, env={**os.environ, "MICROEXP_FAKE_MODE": "slow"})
     state = bpy.context.window_manager.microexp_job
     child_pid_file = Path(state.job_dir) / "child.pid"
