@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from blender_microexp.core.take import ARRAY_SCHEMA, FORMAT_NAME, FORMAT_VERSION, TakeError, dims_of, validate
+from blender_microexp.core.take import (
+    ARRAY_SCHEMA,
+    FILE_MODE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    TakeError,
+    dims_of,
+    validate,
+)
 
 from . import __version__
 from .cache import remove_stale_temporaries
@@ -96,6 +104,7 @@ def _write_preview(clip: str, out: Path, pre: Any, arrays: dict[str, np.ndarray]
     try:
         fd, name = tempfile.mkstemp(prefix=".preview-", suffix=".mp4", dir=out)
         os.close(fd)
+        os.chmod(name, FILE_MODE)  # mkstemp's files are private; the preview is shared like the take
         if write_preview(clip, Path(name), pre, arrays, cancel=cancel):
             return Path(name)
     except OSError as exc:

@@ -179,6 +179,16 @@ def read_take(path: str | os.PathLike[str]) -> Take:
     return Take(header=header, arrays=arrays, path=folder)
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file in this process (0o666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # read once, at import: the umask is process-wide
+
+
 def write_take(folder: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write a take atomically: both files go to temporary names and are renamed at the end.
 
@@ -215,9 +225,11 @@ def write_take(folder: str | os.PathLike[str], header: dict[str, Any], arrays: d
     tmp_npz = tmp_json = None
     try:
         fd, tmp_npz = tempfile.mkstemp(prefix=".take-", suffix=".npz.part", dir=out)
+        os.chmod(tmp_npz, FILE_MODE)  # mkstemp's files are private; a take is shared like any file written here
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **norm)
         fd, tmp_json = tempfile.mkstemp(prefix=".take-", suffix=".json.part", dir=out)
+        os.chmod(tmp_json, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(full, fh, indent=1, sort_keys=True)
         # Old header gone first, arrays next, header last: a reader that sees take.json sees a

@@ -145,3 +145,16 @@ def test_an_unreadable_header_is_named_in_plain_words(tmp_path):
     with pytest.raises(TakeError) as err:
         read_take(tmp_path)
     assert str(err.value) == f"{tmp_path / 'take.json'} is not a readable take header (it is not valid UTF-8 JSON)."
+
+
+def test_take_files_get_the_usual_permissions(tmp_path):
+    """Written through private temporary files, the take still ends up as readable as any file the user writes
+    (a render farm's other accounts read it): 0o666 less the umask, not mkstemp's 0o600."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_take(tmp_path, header(), tiny_take_arrays())
+    for name in ("take.json", "take.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name

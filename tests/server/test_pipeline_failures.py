@@ -5,7 +5,9 @@ The heavy stages (preprocessing, the fit) are replaced by stand-ins returning a 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -140,6 +142,10 @@ def test_the_preview_comes_with_its_take(tmp_path, stubbed, clip):
     out = tmp_path / "out"
     reconstruct(clip, out, ReconstructOptions(stages="coarse"))
     assert (out / "preview.mp4").stat().st_size > 0 and leftovers(out) == []
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("preview.mp4", "take.json", "take.npz"):  # as readable as the user's other files, not 0o600
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
 
 
 def test_a_failed_take_write_leaves_the_old_take_with_its_own_preview(tmp_path, stubbed, clip, monkeypatch):
