@@ -84,7 +84,7 @@ class FitConfig:
 @dataclass
 class CoarseFit:
     """Result of `fit_coarse` (numpy float32). shape (S,), expression (T, E), pose (T, J, 3) with the root at
-    index 0, translation (T, 3) metres, camera (4,) = [fx, fy, cx, cy] source pixels, vertices (T, V, 3) head
+    index 0, translation (T, 3) metres, camera (4,) = [fx, fy, cx, cy] processed-frame pixels, vertices (T, V, 3) head
     coordinates; landmark_error_iod: mean 2D error of the 68 landmarks / inter-ocular distance over frames with a
     face; per_frame_error (T,) the same per frame (NaN where no face was found)."""
 

@@ -3,7 +3,7 @@
 Stdlib only, shared by both sides (the server imports it; the add-on imports it inside Blender).
 
 Events, one JSON object per line on the server's stdout (docs/protocol.md):
-  hello     {"type","protocol","server_version","python","torch","device","mediapipe","opencv"}
+  hello     {"type","protocol","server_version","python","torch","device","mediapipe","opencv","tvl1"}
   stage     {"type","name","index","count"}
   progress  {"type","stage","done","total","eta_s"}
   warning   {"type","message"}
@@ -90,8 +90,13 @@ class JobSpec:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ProtocolError(f"The job file {path} does not exist.") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"The job file {path} is not valid JSON ({exc.__class__.__name__}).") from None
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"The job file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}).") \
+                from None
+        except UnicodeDecodeError:
+            raise ProtocolError(f"The job file {path} is not UTF-8 text.") from None
+        except OSError as exc:
+            raise ProtocolError(f"The job file {path} cannot be read ({exc.strerror or exc}).") from None
         return cls.from_dict(d)
 
 

@@ -37,8 +37,9 @@ def test_unreadable_job_file(tmp_path):
     with pytest.raises(ProtocolError, match="does not exist"):
         JobSpec.read(tmp_path / "nope.json")
     (tmp_path / "job.json").write_text("{not json")
-    with pytest.raises(ProtocolError, match="not valid JSON"):
+    with pytest.raises(ProtocolError) as err:
         JobSpec.read(tmp_path / "job.json")
+    assert str(err.value) == f"The job file {tmp_path / 'job.json'} is not valid JSON (line 1, column 2)."
 
 
 def test_events_round_trip_and_garbage_is_named():
