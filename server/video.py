@@ -102,10 +102,18 @@ def _probe_folder(folder: Path, fps: float | None, max_side: int) -> ClipInfo:
     return ClipInfo(folder, "images", len(files), float(fps), estimated, width, height, size, scale, files, warnings)
 
 
+def _open_video(path: Path) -> cv2.VideoCapture:
+    """A capture that turns frames as the file's rotation metadata says (portrait phone clips): OpenCV 4.11's FFmpeg
+    backend leaves CAP_PROP_ORIENTATION_AUTO off, and it must be set before the first read."""
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+    return cap
+
+
 def _probe_video(clip: Path, max_side: int) -> ClipInfo:
     if clip.stat().st_size == 0:
         raise ClipError(f"The clip {clip} is an empty file.")
-    cap = cv2.VideoCapture(str(clip))
+    cap = _open_video(clip)
     try:
         if not cap.isOpened():
             raise ClipError(f"The file {clip} could not be opened as a video (not a video, or corrupt).")
@@ -184,7 +192,7 @@ def iter_frames(
             produced += 1
             yield Frame(index, finish(image), 1000.0 * index / info.fps)
     else:
-        cap = cv2.VideoCapture(str(info.path))
+        cap = _open_video(info.path)
         try:
             if start > 0:
                 cap.set(cv2.CAP_PROP_POS_FRAMES, start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -176,3 +178,50 @@ def test_huge_frames_are_downscaled(tmp_path: Path) -> None:
     assert frame.image.shape == (960, 1280, 3)
     # The white block lands at source coordinates x downscale.
     assert frame.image[480, 640, 0] > 200 and frame.image[200, 200, 0] < 50
+
+
+def _mp4_boxes(data: bytes | bytearray, start: int, end: int) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, size, type) of the ISO-BMFF boxes directly inside data[start:end]."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        yield pos, size, kind
+        pos += size
+
+
+def rotate_90_in_header(path: Path) -> None:
+    """Give an mp4 a phone's portrait rotation: a 90-degree display matrix in its track header (tkhd), the metadata
+    FFmpeg reports as CAP_PROP_ORIENTATION_META 90. The frames themselves stay landscape."""
+    data = bytearray(path.read_bytes())
+    one = 0x10000  # 16.16 fixed point
+    done = False
+    for moov, moov_size, kind in _mp4_boxes(data, 0, len(data)):
+        if kind != b"moov":
+            continue
+        for trak, trak_size, kind2 in _mp4_boxes(data, moov + 8, moov + moov_size):
+            if kind2 != b"trak":
+                continue
+            for box, _size, kind3 in _mp4_boxes(data, trak + 8, trak + trak_size):
+                if kind3 == b"tkhd":
+                    matrix = box + (48 if data[box + 8] == 0 else 60)  # version 0 or 1 header
+                    data[matrix:matrix + 36] = struct.pack(">9i", 0, one, 0, -one, 0, 0, 0, 0, 0x40000000)
+                    done = True
+    assert done, "no track header found"
+    path.write_bytes(bytes(data))
+
+
+def test_rotation_metadata_turns_portrait_phone_clips_upright(tmp_path: Path) -> None:
+    landscape = np.full((48, 64, 3), 30, np.uint8)
+    landscape[:24, :16] = 250  # a bright block in the stored frame's top-left corner
+    path = write_video(tmp_path / "portrait.mp4", [landscape] * 3, fps=25.0)
+    rotate_90_in_header(path)
+    cap = cv2.VideoCapture(str(path))
+    assert cap.get(cv2.CAP_PROP_ORIENTATION_META) == 90.0
+    cap.release()
+    info = probe(path)
+    assert (info.width, info.height) == (48, 64)
+    frames = list(iter_frames(info))
+    assert len(frames) == 3 and frames[0].image.shape == (64, 48, 3)
+    # Turned 90 degrees clockwise, as the phone held it: the block is now in the top-right corner.
+    bright = np.argwhere(frames[0].image[..., 0] > 150)
+    assert bright[:, 0].max() < 20 and bright[:, 1].min() > 20
