@@ -72,7 +72,8 @@ def probe(path: str | Path, fps: float | None = None, max_side: int = 1280) -> C
 
     `fps` is only used for image folders (which carry no timing) and defaults to 30 with a warning.
     """
-    clip = Path(path).expanduser()
+    # Absolute, so that FFmpeg does not read a relative name with a colon (take1:final.mp4) as a protocol.
+    clip = Path(path).expanduser().resolve()
     if not clip.exists():
         raise ClipError(f"The clip {clip} does not exist.")
     if clip.is_dir():

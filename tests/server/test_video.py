@@ -225,3 +225,12 @@ def test_rotation_metadata_turns_portrait_phone_clips_upright(tmp_path: Path) ->
     # Turned 90 degrees clockwise, as the phone held it: the block is now in the top-right corner.
     bright = np.argwhere(frames[0].image[..., 0] > 150)
     assert bright[:, 0].max() < 20 and bright[:, 1].min() > 20
+
+
+def test_a_relative_name_with_a_colon_is_a_file_not_a_protocol(tmp_path: Path, small_mp4: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "take1:final.mp4").write_bytes(small_mp4.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    info = probe("take1:final.mp4")
+    assert info.path == (tmp_path / "take1:final.mp4").resolve() and info.frame_count == 8
+    assert len(list(iter_frames("take1:final.mp4"))) == 8
