@@ -195,8 +195,12 @@ def iter_frames(
     else:
         cap = _open_video(info.path)
         try:
-            if start > 0:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+            # Reach `start` by grabbing from frame 0: CAP_PROP_POS_FRAMES does nothing on streams without a frame count
+            # (raw MJPEG) and seeks by time on variable-frame-rate clips, so other frames would come back under these
+            # numbers.
+            for _ in range(start):
+                if not cap.grab():
+                    break
             for index in range(start, stop):
                 ok, image = cap.read()
                 if not ok or image is None:

@@ -234,3 +234,18 @@ def test_a_relative_name_with_a_colon_is_a_file_not_a_protocol(tmp_path: Path, s
     info = probe("take1:final.mp4")
     assert info.path == (tmp_path / "take1:final.mp4").resolve() and info.frame_count == 8
     assert len(list(iter_frames("take1:final.mp4"))) == 8
+
+
+def write_raw_mjpeg(path: Path, count: int) -> Path:
+    """A raw MJPEG stream (concatenated JPEGs, no container): no frame count; frame i is grey 20 * i."""
+    path.write_bytes(b"".join(cv2.imencode(".jpg", np.full((48, 64, 3), 20 * i, np.uint8))[1].tobytes()
+                              for i in range(count)))
+    return path
+
+
+def test_a_range_of_a_stream_without_frame_count_starts_at_its_first_frame(tmp_path: Path) -> None:
+    """Seeking with CAP_PROP_POS_FRAMES silently stays at frame 0 on such a stream."""
+    raw = write_raw_mjpeg(tmp_path / "raw.mjpeg", 10)
+    frames = list(iter_frames(raw, frames=(4, 7)))
+    assert [f.index for f in frames] == [4, 5, 6]
+    assert [int(f.image[0, 0, 0]) for f in frames] == pytest.approx([80, 100, 120], abs=3)
