@@ -121,20 +121,21 @@ def preprocess(
 
     # Pass 1: decode + track. Only landmarks are kept; frames are dropped as soon as they are tracked.
     t0 = time.perf_counter()
-    total = stop - start if info.frame_count < (1 << 31) else 0
+    total = stop - start if info.frame_count < (1 << 31) else 0  # a video's header count is only a hint
     observations: list[tuple[np.ndarray, float] | None] = []
     frame_numbers: list[int] = []
     stamps: list[float] = []
     with MediaPipeTracker() as tracker:
-        for frame in iter_frames(info, (start, stop)):
+        # The whole clip (frames=None) is decoded to the end of its stream, past a header that undercounts.
+        for frame in iter_frames(info, None if frames is None else (start, stop)):
             _check(cancel)
             observations.append(tracker(frame.image))
             frame_numbers.append(frame.index)
             stamps.append(frame.timestamp_ms)
-            report("landmarks", len(observations), total or len(observations))
+            report("landmarks", len(observations), max(total, len(observations)))
     count = len(observations)
-    if total and count < total:
-        warnings.append(f"The clip ended after {count} of the {total} requested frames.")
+    if total and count < total:  # only the whole clip gets here: a range past the clip's end is a ClipError
+        warnings.append(f"The clip ended after {count} of the {total} frames its header counts.")
     track = assemble_track(observations)
     if track is None:
         raise ClipError(f"No face was found in any frame of {info.path.name}.")

@@ -30,7 +30,9 @@ class ClipInfo:
 
     `width`, `height` are the source frames'; `image_size` is (w, h) after downscaling so that the longest side is at
     most `max_side`; `downscale` = processed pixels per source pixel (1.0 when not downscaled).
-    `frame_count` may be an estimate for some containers (it comes from the header).
+    `frame_count` is exact for image folders; for a video it is the header's count, only a hint (some containers
+    undercount or overcount, some store none: then it is 2**31): whole-clip decoding goes to the end of the stream,
+    and a range is checked against the frames that decoding finds.
     """
 
     path: Path
@@ -143,8 +145,19 @@ def _probe_video(clip: Path, max_side: int) -> ClipInfo:
     return ClipInfo(clip, "video", count, container_fps, estimated, width, height, size, scale, [], warnings)
 
 
+def _past_the_end(start: int, stop: int, count: int) -> ClipError:
+    """The range error for a clip of `count` frames, said in first/last frames (inclusive) as the Blender panel asks
+    for them."""
+    asked = f"Frame {start} was" if stop == start + 1 else f"Frames {start} to {stop - 1} were"
+    return ClipError(f"{asked} asked for, but the clip has frames 0 to {count - 1}.")
+
+
 def resolve_range(info: ClipInfo, frames: Sequence[int] | None) -> tuple[int, int]:
-    """Validate a half-open [start, stop) range of source frame indices (None = the whole clip)."""
+    """Validate a half-open [start, stop) range of source frame indices (None = the whole clip).
+
+    A video's frame count is only its header's hint, so a range that goes past it is refused by `iter_frames`, once
+    decoding shows that the clip really ends before `stop`.
+    """
     if frames is None:
         return 0, info.frame_count
     if len(frames) != 2:
@@ -153,10 +166,21 @@ def resolve_range(info: ClipInfo, frames: Sequence[int] | None) -> tuple[int, in
     # Said in first/last frames (inclusive), as the Blender panel asks for them.
     if stop <= start:
         raise ClipError(f"The frame range is empty: its last frame ({stop - 1}) comes before its first ({start}).")
-    if start < 0 or stop > info.frame_count:
-        asked = f"Frame {start} was" if stop == start + 1 else f"Frames {start} to {stop - 1} were"
-        raise ClipError(f"{asked} asked for, but the clip has frames 0 to {info.frame_count - 1}.")
+    if start < 0 or (info.kind != "video" and stop > info.frame_count):
+        raise _past_the_end(start, stop, info.frame_count)
     return start, stop
+
+
+def _count_frames(path: Path, limit: int) -> int:
+    """How many frames a video really has, counting no further than `limit` (grab() skips the colour conversion)."""
+    cap = _open_video(path)
+    try:
+        count = 0
+        while count < limit and cap.grab():
+            count += 1
+        return count
+    finally:
+        cap.release()
 
 
 def iter_frames(
@@ -167,8 +191,10 @@ def iter_frames(
 ) -> Iterator[Frame]:
     """Stream the frames of [start, stop) one at a time as RGB uint8, downscaled to `max_side`.
 
-    Only one frame is held at a time. A video that ends before `stop` (header count too high, truncated file) ends
-    the stream early; a stream that yields nothing raises ClipError.
+    Only one frame is held at a time. Without `frames`, a video is decoded to the end of its stream, whatever its
+    header counts. A range that goes past the video's real end raises ClipError: before any frame when it goes past
+    the header's count (the frames are counted first), else when decoding reaches the end. A stream that yields
+    nothing raises ClipError.
     """
     info = path if isinstance(path, ClipInfo) else probe(path, fps=fps, max_side=max_side)
     start, stop = resolve_range(info, frames)
@@ -193,20 +219,30 @@ def iter_frames(
             produced += 1
             yield Frame(index, finish(image), 1000.0 * index / info.fps)
     else:
+        whole = frames is None
+        if not whole and stop > info.frame_count:
+            # The header's count is only a hint (some undercount): the frames themselves say whether the range fits.
+            found = _count_frames(info.path, stop)
+            if found < stop:
+                raise _past_the_end(start, stop, found)
         cap = _open_video(info.path)
         try:
             # Reach `start` by grabbing from frame 0: CAP_PROP_POS_FRAMES does nothing on streams without a frame count
             # (raw MJPEG) and seeks by time on variable-frame-rate clips, so other frames would come back under these
             # numbers.
-            for _ in range(start):
+            for skipped in range(start):
                 if not cap.grab():
-                    break
-            for index in range(start, stop):
+                    raise _past_the_end(start, stop, skipped)
+            index = start
+            while whole or index < stop:
                 ok, image = cap.read()
                 if not ok or image is None:
+                    if not whole:  # the header overcounts, or the file is truncated
+                        raise _past_the_end(start, stop, index)
                     break
                 produced += 1
                 yield Frame(index, finish(image), float(cap.get(cv2.CAP_PROP_POS_MSEC)))
+                index += 1
         finally:
             cap.release()
     if produced == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,28 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 30.0) -> 
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
+    return path
+
+
+def write_raw_mjpeg(path: Path, count: int) -> Path:
+    """A raw MJPEG stream (concatenated JPEGs, no container): no frame count; frame i is grey 20 * i."""
+    path.write_bytes(b"".join(cv2.imencode(".jpg", np.full((48, 64, 3), 20 * i, np.uint8))[1].tobytes()
+                              for i in range(count)))
+    return path
+
+
+def write_undercounted_avi(path: Path, count: int, header_count: int) -> Path:
+    """An MJPG avi of `count` frames (frame i is grey 20 * i) whose header (avih and strh) counts `header_count`."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 25.0, (64, 48))
+    assert writer.isOpened()
+    for i in range(count):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    for tag, offset in ((b"avih", 16), (b"strh", 32)):  # dwTotalFrames, dwLength
+        at = data.find(tag) + 8 + offset
+        data[at:at + 4] = struct.pack("<I", header_count)
+    path.write_bytes(bytes(data))
     return path
 
 

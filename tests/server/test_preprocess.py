@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import pytest
@@ -12,9 +14,50 @@ from server.errors import Cancelled, ClipError
 from server.preprocess import Preprocessed, preprocess
 
 try:  # tests/ as packages (relative) or as rootdir-inserted folders (absolute)
-    from .preprocess_clips import moving_face_frames, noise_frames, write_video
+    from .preprocess_clips import moving_face_frames, noise_frames, write_undercounted_avi, write_video
 except ImportError:
-    from preprocess_clips import moving_face_frames, noise_frames, write_video  # type: ignore[no-redef,unused-ignore]
+    from preprocess_clips import (  # type: ignore[no-redef,unused-ignore]
+        moving_face_frames,
+        noise_frames,
+        write_undercounted_avi,
+        write_video,
+    )
+
+
+class FakeTracker:
+    """Stands in for MediaPipeTracker (no model run): a fixed synthetic mesh, 20 px across at the frame's centre,
+    in the frames (counted from 0 by call) for which `found` is true, else no face."""
+
+    def __init__(self, found: Callable[[int], bool]) -> None:
+        self.found, self.calls = found, 0
+        rng = np.random.default_rng(0)
+        self.mesh = np.concatenate([rng.uniform(-10, 10, (478, 2)), rng.uniform(-5, 5, (478, 1))], axis=1)
+
+    def __enter__(self) -> FakeTracker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        pass
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
+        t, self.calls = self.calls, self.calls + 1
+        if not self.found(t):
+            return None
+        centre = np.array([rgb.shape[1] / 2, rgb.shape[0] / 2, 0.0])
+        return (self.mesh + centre).astype(np.float32), 0.9
+
+
+InstallTracker = Callable[[Callable[[int], bool]], None]
+
+
+@pytest.fixture
+def fake_tracker(monkeypatch: pytest.MonkeyPatch) -> InstallTracker:
+    """Call it with `found(t)` to make preprocess track with a FakeTracker."""
+
+    def install(found: Callable[[int], bool]) -> None:
+        monkeypatch.setattr("server.preprocess.MediaPipeTracker", lambda: FakeTracker(found))
+
+    return install
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +161,15 @@ def test_frame_range_is_respected_and_validated(clips: dict[str, Path]) -> None:
     assert str(err.value) == f"Frames 5 to 10 were asked for, but the clip has frames 0 to {n - 1}."
     with pytest.raises(ClipError, match=r"^The frame range is empty: its last frame \(2\) comes before its first"):
         preprocess(clips["moving"], frames=(3, 3), use_cache=False)
+
+
+def test_the_whole_clip_goes_past_a_header_that_undercounts(tmp_path: Path, fake_tracker: InstallTracker) -> None:
+    fake_tracker(lambda t: True)
+    pre = preprocess(write_undercounted_avi(tmp_path / "under.avi", count=10, header_count=6), use_cache=False)
+    np.testing.assert_array_equal(pre.frame_numbers, np.arange(10))
+    assert pre.crops.shape[0] == 10 and pre.flow.shape[0] == 9
+    # The last crop is frame 9's (grey 180), not a repeat of the header's last frame.
+    assert abs(int(pre.crops[9, 0, 0, 0]) - 180) <= 3
 
 
 def test_progress_is_reported_per_frame_for_each_stage(clips: dict[str, Path]) -> None:

@@ -15,9 +15,14 @@ from server.errors import ClipError
 from server.video import fps_from_timestamps, iter_frames, probe, resolve_range
 
 try:  # tests/ as packages (relative) or as rootdir-inserted folders (absolute)
-    from .preprocess_clips import moving_face_frames, write_video
+    from .preprocess_clips import moving_face_frames, write_raw_mjpeg, write_undercounted_avi, write_video
 except ImportError:
-    from preprocess_clips import moving_face_frames, write_video  # type: ignore[no-redef,unused-ignore]
+    from preprocess_clips import (  # type: ignore[no-redef,unused-ignore]
+        moving_face_frames,
+        write_raw_mjpeg,
+        write_undercounted_avi,
+        write_video,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,10 @@ def test_iter_frames_streams_the_half_open_range_as_rgb(small_mp4: Path) -> None
     ((8, 9), "Frame 8 was asked for, but the clip has frames 0 to 7."),
 ])
 def test_out_of_range_frames_are_a_clip_error(small_mp4: Path, bad: tuple[int, int], message: str) -> None:
-    """Said in first/last frames (inclusive), as the Blender panel asks for them."""
+    """Said in first/last frames (inclusive), as the Blender panel asks for them. Past the end is decided by decoding
+    (a video's header count is only a hint), so the range goes through iter_frames."""
     with pytest.raises(ClipError) as err:
-        resolve_range(probe(small_mp4), bad)
+        list(iter_frames(small_mp4, frames=bad))
     assert str(err.value) == message
 
 
@@ -236,16 +242,38 @@ def test_a_relative_name_with_a_colon_is_a_file_not_a_protocol(tmp_path: Path, s
     assert len(list(iter_frames("take1:final.mp4"))) == 8
 
 
-def write_raw_mjpeg(path: Path, count: int) -> Path:
-    """A raw MJPEG stream (concatenated JPEGs, no container): no frame count; frame i is grey 20 * i."""
-    path.write_bytes(b"".join(cv2.imencode(".jpg", np.full((48, 64, 3), 20 * i, np.uint8))[1].tobytes()
-                              for i in range(count)))
-    return path
-
-
 def test_a_range_of_a_stream_without_frame_count_starts_at_its_first_frame(tmp_path: Path) -> None:
     """Seeking with CAP_PROP_POS_FRAMES silently stays at frame 0 on such a stream."""
     raw = write_raw_mjpeg(tmp_path / "raw.mjpeg", 10)
     frames = list(iter_frames(raw, frames=(4, 7)))
     assert [f.index for f in frames] == [4, 5, 6]
     assert [int(f.image[0, 0, 0]) for f in frames] == pytest.approx([80, 100, 120], abs=3)
+
+
+def test_a_header_that_undercounts_frames_loses_no_frame(tmp_path: Path) -> None:
+    avi = write_undercounted_avi(tmp_path / "under.avi", count=10, header_count=6)
+    info = probe(avi)
+    assert info.frame_count == 6  # what the header says
+    whole = list(iter_frames(info))
+    assert [f.index for f in whole] == list(range(10))
+    assert [int(f.image[0, 0, 0]) for f in whole] == pytest.approx([20 * i for i in range(10)], abs=3)
+    assert resolve_range(info, (7, 10)) == (7, 10)  # past the header's count: decoding decides
+    tail = list(iter_frames(info, frames=(7, 10)))  # past the header's count, inside the clip
+    assert [f.index for f in tail] == [7, 8, 9]
+    assert [int(f.image[0, 0, 0]) for f in tail] == pytest.approx([140, 160, 180], abs=3)
+    for bad, message in (((8, 12), "Frames 8 to 11 were asked for, but the clip has frames 0 to 9."),
+                         ((12, 13), "Frame 12 was asked for, but the clip has frames 0 to 9.")):
+        with pytest.raises(ClipError) as err:
+            next(iter_frames(info, frames=bad))  # refused before any frame is streamed
+        assert str(err.value) == message
+
+
+def test_a_stream_without_frame_count_is_decoded_to_its_end_and_ranges_checked_against_it(tmp_path: Path) -> None:
+    raw = write_raw_mjpeg(tmp_path / "raw.mjpeg", 10)
+    assert len(list(iter_frames(raw))) == 10
+    with pytest.raises(ClipError) as err:
+        list(iter_frames(raw, frames=(8, 12)))
+    assert str(err.value) == "Frames 8 to 11 were asked for, but the clip has frames 0 to 9."
+    with pytest.raises(ClipError) as err:
+        list(iter_frames(raw, frames=(11, 13)))
+    assert str(err.value) == "Frames 11 to 12 were asked for, but the clip has frames 0 to 9."
