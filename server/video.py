@@ -61,6 +61,18 @@ def _natural_key(path: Path) -> list[object]:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", path.name)]
 
 
+def _read_image(path: Path) -> np.ndarray | None:
+    """A BGR image, or None when it cannot be read. Read as bytes and decoded, because cv2.imread cannot open
+    non-ASCII paths on Windows; imdecode with IMREAD_COLOR applies the EXIF orientation just as imread does."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
 def _scaled_size(width: int, height: int, max_side: int) -> tuple[tuple[int, int], float]:
     longest = max(width, height)
     if longest <= max_side:
@@ -88,7 +100,7 @@ def _probe_folder(folder: Path, fps: float | None, max_side: int) -> ClipInfo:
                    key=_natural_key)
     if not files:
         raise ClipError(f"The folder {folder} contains no png or jpg images to use as frames.")
-    first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+    first = _read_image(files[0])
     if first is None:
         raise ClipError(f"The image {files[0]} could not be read.")
     height, width = first.shape[:2]
@@ -208,7 +220,7 @@ def iter_frames(
     produced = 0
     if info.kind == "images":
         for index in range(start, stop):
-            image = cv2.imread(str(info.image_files[index]), cv2.IMREAD_COLOR)
+            image = _read_image(info.image_files[index])
             if image is None:
                 raise ClipError(f"The image {info.image_files[index]} could not be read.")
             if image.shape[:2] != (info.height, info.width):

@@ -277,3 +277,29 @@ def test_a_stream_without_frame_count_is_decoded_to_its_end_and_ranges_checked_a
     with pytest.raises(ClipError) as err:
         list(iter_frames(raw, frames=(11, 13)))
     assert str(err.value) == "Frames 11 to 12 were asked for, but the clip has frames 0 to 9."
+
+
+def test_image_folders_are_read_without_imread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Windows cv2.imread returns None for non-ASCII paths; frames are read as bytes and decoded instead."""
+    folder = tmp_path / "prise_été"
+    _write_images(folder, ["é1.png", "é2.png"])
+    monkeypatch.setattr(video.cv2, "imread", lambda *_args, **_kw: None)  # as on Windows for these names
+    assert [int(f.image[0, 0, 0]) for f in iter_frames(folder, fps=24.0)] == [0, 10]
+
+
+def test_image_frames_keep_their_exif_orientation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    stored = np.full((40, 60, 3), 30, np.uint8)
+    stored[:20, :15] = 250  # top-left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show the picture rotated 90 degrees clockwise
+    (tmp_path / "seq").mkdir()
+    Image.fromarray(stored).save(tmp_path / "seq" / "1.jpg", exif=exif.tobytes(), quality=95)
+    expected = cv2.imread(str(tmp_path / "seq" / "1.jpg"), cv2.IMREAD_COLOR)  # what imread made of it
+    info = probe(tmp_path / "seq", fps=24.0)
+    assert (info.width, info.height) == (40, 60)
+    image = next(iter_frames(info)).image
+    np.testing.assert_array_equal(image, cv2.cvtColor(expected, cv2.COLOR_BGR2RGB))
+    bright = np.argwhere(image[..., 0] > 150)
+    assert bright[:, 0].max() < 20 and bright[:, 1].min() >= 20  # now top-right
