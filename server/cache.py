@@ -45,7 +45,7 @@ def clip_digest(clip: str | Path, image_suffixes: tuple[str, ...] = (".png", ".j
     digest = hashlib.sha256()
     if path.is_dir():
         for item in sorted(p for p in path.iterdir() if p.suffix.lower() in image_suffixes and p.is_file()):
-            digest.update(item.name.encode("utf-8") + b"\0")
+            digest.update(os.fsencode(item.name) + b"\0")  # the bytes on disk, UTF-8 or not
             _update_with_file(digest, item)
     else:
         _update_with_file(digest, path)

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from server.cache import STALE_AFTER_S, PreprocessCache
+from server.cache import STALE_AFTER_S, PreprocessCache, clip_digest
 
 
 def left_by_a_killed_run(folder: Path, age_s: float) -> Path:
@@ -28,3 +29,18 @@ def test_a_store_removes_stale_temporary_folders_and_keeps_fresh_ones(tmp_path: 
     entry = PreprocessCache(tmp_path).store("k" * 32, {"a": np.zeros(3)}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, busy.name, entry.name])
     assert not stale.exists()
+
+
+def test_a_folder_digest_takes_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    name = os.fsdecode(b"frame\xff1.png")  # a Latin-1 name on a UTF-8 file system: a lone surrogate in Python
+    try:
+        (folder / name).write_bytes(b"png bytes")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    (folder / "frame2.png").write_bytes(b"more bytes")
+    first = clip_digest(folder)
+    assert len(first) == 64 and clip_digest(folder) == first
+    (folder / "frame2.png").write_bytes(b"changed")
+    assert clip_digest(folder) != first
