@@ -88,12 +88,14 @@ class PreprocessCache:
         return self.root / key
 
     def load(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """(arrays, meta) for a complete entry, else None; crops and flow come back as read-only memory maps."""
+        """(arrays, meta) for a complete entry, else None; crops and flow come back as read-only memory maps.
+
+        Anything that goes wrong reading it (a damaged entry, a cache folder that cannot be entered) is a miss."""
         folder = self.entry(key)
         meta_path = folder / "meta.json"
-        if not meta_path.is_file():
-            return None
         try:
+            if not meta_path.is_file():  # raises PermissionError for a folder that cannot be entered
+                return None
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             arrays = {
                 name: np.load(folder / f"{name}.npy", mmap_mode="r" if name in MEMMAP_ARRAYS else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -44,3 +45,17 @@ def test_a_folder_digest_takes_file_names_that_are_not_utf8(tmp_path: Path) -> N
     assert len(first) == 64 and clip_digest(folder) == first
     (folder / "frame2.png").write_bytes(b"changed")
     assert clip_digest(folder) != first
+
+
+def test_a_cache_folder_that_cannot_be_entered_is_a_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = PreprocessCache(tmp_path)
+    entry = cache.store("k" * 32, {"a": np.zeros(3)}, {})
+    real_is_file = Path.is_file
+
+    def no_entry(self: Path) -> bool:  # what stat() says in a folder without execute permission (root is exempt)
+        if self.parent == entry:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", no_entry)
+    assert cache.load("k" * 32) is None
