@@ -17,6 +17,9 @@ import numpy as np
 N_MESH = 478
 # Faces smaller than this (landmark bounding-box height, px) are below the mesh model's working resolution.
 _FULL_CONFIDENCE_HEIGHT = 96.0
+# After this many frames in a row without the tracked face it counts as gone, and the largest face is taken again
+# (else a face that comes back more than one face size away from where it was lost is never picked up).
+LOST_AFTER_FRAMES = 5
 
 
 @dataclass
@@ -34,7 +37,8 @@ def _box(points: np.ndarray) -> np.ndarray:
 
 
 class MediaPipeTracker:
-    """Follows one face: the largest at its first appearance, then the face nearest to the previous box.
+    """Follows one face: the largest at its first appearance, then the face nearest to the previous box; after
+    LOST_AFTER_FRAMES frames in a row without it, the largest face again.
 
     Call it on consecutive RGB frames; it returns ((478, 3) pixels, confidence) or None when the face is not seen.
     """
@@ -52,6 +56,7 @@ class MediaPipeTracker:
             min_tracking_confidence=min_tracking_confidence,
         )
         self._prev_box: np.ndarray | None = None
+        self._misses = 0  # frames in a row without the tracked face
 
     def __enter__(self) -> MediaPipeTracker:
         return self
@@ -68,7 +73,7 @@ class MediaPipeTracker:
         result = self._mesh.process(rgb)
         faces = result.multi_face_landmarks
         if not faces:
-            return None
+            return self._missed()
         scale = np.array([width, height, width], dtype=np.float32)
         candidates = [
             np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32) * scale for face in faces
@@ -84,13 +89,20 @@ class MediaPipeTracker:
             pick = int(np.argmin(dist))
             prev_size = float(max(self._prev_box[2] - self._prev_box[0], self._prev_box[3] - self._prev_box[1]))
             if dist[pick] > prev_size:
-                return None  # only someone else is visible: the tracked face is lost, not replaced
+                return self._missed()  # only someone else is visible: the face is lost, not replaced (yet)
         points = candidates[pick]
         self._prev_box = boxes[pick]
+        self._misses = 0
         inside = np.mean((points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height))
         face_height = float(boxes[pick, 3] - boxes[pick, 1])
         confidence = float(inside) * min(1.0, face_height / _FULL_CONFIDENCE_HEIGHT)
         return points, confidence
+
+    def _missed(self) -> None:
+        self._misses += 1
+        if self._misses >= LOST_AFTER_FRAMES:
+            self._prev_box = None  # gone: the next face seen is picked as at the start
+        return None
 
 
 def fill_missing(landmarks: np.ndarray, found: np.ndarray) -> np.ndarray:

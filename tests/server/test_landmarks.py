@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from server.landmarks import MP_TO_68, MediaPipeTracker, assemble_track, fill_missing, mp_to_68
 from server.landmarks import fan as fan_module
+from server.landmarks.mediapipe_tracker import LOST_AFTER_FRAMES, N_MESH
 
 try:  # tests/ as packages (relative) or as rootdir-inserted folders (absolute)
     from .preprocess_clips import astronaut_face, moving_face_frames, two_face_frames
@@ -146,3 +148,44 @@ def test_fan_landmarker_runs_on_a_face_box(tmp_path: Path) -> None:
     shifted = np.pad(face, ((20, 0), (30, 0), (0, 0)))
     moved = estimator(shifted, guide + np.array([30, 20], np.float32))
     np.testing.assert_allclose(moved - points, np.broadcast_to([30.0, 20.0], points.shape), atol=1.0)
+
+
+class _Detections:
+    """Stands in for MediaPipe's FaceMesh: each process() call returns the next frame's fabricated faces, given as
+    (centre x, centre y, size) in normalised image coordinates."""
+
+    def __init__(self, frames: list[list[tuple[float, float, float]]]) -> None:
+        self.frames = iter(frames)
+        grid = np.stack(np.meshgrid(np.linspace(-0.5, 0.5, 22), np.linspace(-0.5, 0.5, 22)), -1).reshape(-1, 2)
+        self.unit = grid[:N_MESH]
+
+    def process(self, _rgb: np.ndarray) -> SimpleNamespace:
+        faces = [SimpleNamespace(landmark=[SimpleNamespace(x=cx + size * u, y=cy + size * v, z=0.0)
+                                           for u, v in self.unit])
+                 for cx, cy, size in next(self.frames)]
+        return SimpleNamespace(multi_face_landmarks=faces or None)
+
+    def close(self) -> None:
+        pass
+
+
+def _track(frames: list[list[tuple[float, float, float]]]) -> list[float | None]:
+    """Run the tracker's matching on fabricated detections; the picked face's centre x (normalised) per frame."""
+    tracker = MediaPipeTracker(max_faces=2)
+    tracker._mesh.close()
+    tracker._mesh = _Detections(frames)
+    image = np.zeros((100, 100, 3), np.uint8)
+    with tracker:
+        results = [tracker(image) for _ in frames]
+    return [None if r is None else round(float(r[0][:, 0].mean()) / 100, 2) for r in results]
+
+
+def test_a_face_lost_and_back_far_away_is_picked_up_again_after_a_few_frames() -> None:
+    here, there = (0.2, 0.5, 0.1), (0.8, 0.5, 0.1)  # more than one face size apart
+    n = LOST_AFTER_FRAMES
+    # Lost for a moment while someone else is visible elsewhere: not swapped for them, followed again when back.
+    brief = _track([[here]] + [[there]] * (n - 1) + [[here, there]])
+    assert brief == [0.2] + [None] * (n - 1) + [0.2]
+    # Gone for N frames (nothing, then only a face far away): the face there is taken as the largest.
+    gone = _track([[here], []] + [[there]] * (n + 1))
+    assert gone == [0.2] + [None] * n + [0.8] * 2
