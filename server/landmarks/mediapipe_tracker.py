@@ -73,7 +73,8 @@ class MediaPipeTracker:
         result = self._mesh.process(rgb)
         faces = result.multi_face_landmarks
         if not faces:
-            return self._missed()
+            self._missed()
+            return None
         scale = np.array([width, height, width], dtype=np.float32)
         candidates = [
             np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32) * scale for face in faces
@@ -88,8 +89,9 @@ class MediaPipeTracker:
             dist = np.linalg.norm(centres - prev_centre, axis=1)
             pick = int(np.argmin(dist))
             prev_size = float(max(self._prev_box[2] - self._prev_box[0], self._prev_box[3] - self._prev_box[1]))
-            if dist[pick] > prev_size:
-                return self._missed()  # only someone else is visible: the face is lost, not replaced (yet)
+            if dist[pick] > prev_size:  # only someone else is visible: the face is lost, not replaced (yet)
+                self._missed()
+                return None
         points = candidates[pick]
         self._prev_box = boxes[pick]
         self._misses = 0
@@ -102,7 +104,6 @@ class MediaPipeTracker:
         self._misses += 1
         if self._misses >= LOST_AFTER_FRAMES:
             self._prev_box = None  # gone: the next face seen is picked as at the start
-        return None
 
 
 def fill_missing(landmarks: np.ndarray, found: np.ndarray) -> np.ndarray:
