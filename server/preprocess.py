@@ -27,6 +27,9 @@ __all__ = ["PREPROCESS_VERSION", "Preprocessed", "preprocess", "ClipError", "Can
 
 # Part of the cache key: bump whenever a change alters what preprocessing produces.
 PREPROCESS_VERSION = "1"
+# A clip whose face is found in fewer than this fraction of its frames is refused: a lone (perhaps false) detection
+# would otherwise be held over every frame, a frozen take.
+MIN_FACE_COVERAGE = 0.10
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
@@ -139,9 +142,17 @@ def preprocess(
     track = assemble_track(observations)
     if track is None:
         raise ClipError(f"No face was found in any frame of {info.path.name}.")
-    lost = int((~track.face_found).sum())
+    found = np.flatnonzero(track.face_found)
+    if len(found) < MIN_FACE_COVERAGE * count:
+        raise ClipError(f"The face was found in only {len(found)} of the {count} frames of {info.path.name}, fewer "
+                        f"than the {100 * MIN_FACE_COVERAGE:g} % needed to follow it.")
+    lost = count - len(found)
     if lost:
-        warnings.append(f"The face was not found in {lost} of {count} frames; those frames are interpolated.")
+        held = int(found[0]) + (count - 1 - int(found[-1]))  # fill_missing holds the ends, interpolates the rest
+        parts = [f"{lost - held} between detections are interpolated"] if lost > held else []
+        if held:
+            parts.append(f"{held} before the first or after the last detection hold that detection's landmarks")
+        warnings.append(f"The face was not found in {lost} of {count} frames; {' and '.join(parts)}.")
     clip_fps, fps_estimated = info.fps, info.fps_estimated
     if info.kind == "video":
         measured, variable, note = fps_from_timestamps(stamps, info.fps)

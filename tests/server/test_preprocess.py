@@ -142,13 +142,32 @@ def test_lost_frames_are_interpolated_and_flagged(clips: dict[str, Path]) -> Non
     assert (pre.confidence[[4, 5, 6]] == 0).all() and (pre.confidence[pre.face_found] > 0).all()
     expected = pre.mp_landmarks[3] + (pre.mp_landmarks[7] - pre.mp_landmarks[3]) * 0.5
     np.testing.assert_allclose(pre.mp_landmarks[5], expected, atol=1e-3)
-    assert any("not found in 3 of 10 frames" in w for w in pre.warnings)
+    assert "The face was not found in 3 of 10 frames; 3 between detections are interpolated." in pre.warnings
 
 
 def test_no_face_anywhere_is_one_clip_error(clips: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ClipError, match=r"^No face was found in any frame of noface\.mp4\.$"):
         preprocess(clips["noface"], cache_dir=tmp_path)
     assert not list(tmp_path.iterdir()), "a failed run must leave no cache entry"
+
+
+def test_a_face_in_fewer_than_a_tenth_of_the_frames_is_one_clip_error(tmp_path: Path,
+                                                                      fake_tracker: InstallTracker) -> None:
+    """One (perhaps false) detection in a faceless clip would otherwise be held over every frame: a frozen take."""
+    fake_tracker(lambda t: t == 5)
+    with pytest.raises(ClipError) as err:
+        preprocess(write_video(tmp_path / "once.mp4", noise_frames(count=11)), use_cache=False)
+    assert str(err.value) == ("The face was found in only 1 of the 11 frames of once.mp4, fewer than the 10 % needed "
+                              "to follow it.")
+
+
+def test_frames_before_the_first_and_after_the_last_detection_are_said_to_be_held(
+        tmp_path: Path, fake_tracker: InstallTracker) -> None:
+    fake_tracker(lambda t: t in (3, 6))
+    pre = preprocess(write_video(tmp_path / "twice.mp4", noise_frames(count=10)), use_cache=False)
+    np.testing.assert_array_equal(np.flatnonzero(pre.face_found), [3, 6])
+    assert ("The face was not found in 8 of 10 frames; 2 between detections are interpolated and 6 before the "
+            "first or after the last detection hold that detection's landmarks.") in pre.warnings
 
 
 def test_frame_range_is_respected_and_validated(clips: dict[str, Path]) -> None:
