@@ -107,11 +107,15 @@ def preprocess(
     start, stop = resolve_range(info, frames)
     range_key = None if frames is None else [start, stop]
 
+    # 68 points: FAN needs the images again, so it runs in the crop pass; which source is used is part of the key
+    # (FAN weights installed after a clip was cached must not be ignored for it).
+    source, fan = select_lmk68()
+
     cache = PreprocessCache(cache_dir) if use_cache else None
     key = ""
     if cache is not None:
         settings = {"frames": range_key, "flow": flow, "max_side": max_side, "version": PREPROCESS_VERSION,
-                    "fps": info.fps if info.kind == "images" else None}
+                    "fps": info.fps if info.kind == "images" else None, "lmk68": source}
         key = cache_key(clip_digest(info.path), settings)
         t0 = time.perf_counter()
         hit = cache.load(key)
@@ -161,8 +165,6 @@ def preprocess(
             clip_fps, fps_estimated = measured, fps_estimated or variable
     timings["decode_landmarks"] = time.perf_counter() - t0
 
-    # 68 points: FAN needs the images again, so it runs in the crop pass.
-    source, fan = select_lmk68()
     lmk68 = mp_to_68(track.landmarks)
 
     # Pass 2: smoothed boxes, then re-decode to cut crops (cheaper than holding a clip of full frames in memory).

@@ -227,6 +227,20 @@ def test_second_run_hits_the_cache_and_other_flow_mode_misses(clips: dict[str, P
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
 
 
+def test_fan_weights_installed_after_a_clip_was_cached_are_used(tmp_path: Path, fake_tracker: InstallTracker,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_tracker(lambda t: True)
+    clip = write_video(tmp_path / "clip.mp4", noise_frames(count=4))
+    monkeypatch.setattr("server.preprocess.select_lmk68", lambda: ("mediapipe-map", None))
+    before = preprocess(clip, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr("server.preprocess.select_lmk68",
+                        lambda: ("fan", lambda _rgb, guide: guide + np.float32(1.0)))  # the weights are now on disk
+    after = preprocess(clip, cache_dir=tmp_path / "cache")
+    assert not after.cache_hit and after.lmk68_source == "fan"
+    np.testing.assert_allclose(after.lmk68, before.lmk68 + 1.0)
+    assert preprocess(clip, cache_dir=tmp_path / "cache").cache_hit
+
+
 def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(clips: dict[str, Path], tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
