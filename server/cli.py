@@ -7,6 +7,7 @@ In `run` mode stdout is reserved for protocol events; everything else goes to st
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import traceback
@@ -59,6 +60,17 @@ def parse_frames(text: str | None) -> tuple[int, int] | None:
     return start, stop
 
 
+def positive_fps(text: str) -> float:
+    """argparse type for --fps: a positive, finite number of frames per second."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of frames per second, not {text!r}")
+    return value
+
+
 def cmd_hello(_args: argparse.Namespace) -> int:
     from blender_microexp.core.protocol import encode_event
 
@@ -73,6 +85,7 @@ def _options_from(spec: JobSpec | argparse.Namespace) -> Any:
         model=spec.model, frames=spec.frames, flow=spec.flow, stages=spec.stages,
         cache_dir=spec.cache_dir, checkpoint=spec.checkpoint, device=spec.device,
         time_budget_s=spec.time_budget_s, preview=not getattr(spec, "no_preview", False),
+        fps=getattr(spec, "fps", None),  # the command line's only: job files (the add-on's protocol) carry none
     )
 
 
@@ -170,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("-o", "--output", required=True, help="output folder for take.json, take.npz, preview.mp4")
     rc.add_argument("--model", default="builtin", help="'builtin' or your FLAME files (folder or .pkl)")
     rc.add_argument("--frames", type=parse_frames, default=None, help="source frames START:STOP")
+    rc.add_argument("--fps", type=positive_fps, default=None,
+                    help="the clip's frame rate, overriding the container's: for image folders (30 otherwise) and "
+                         "streams that carry none or a wrong one (default: the container's, checked against the "
+                         "frames' timestamps)")
     rc.add_argument("--flow", choices=FLOW_CHOICES, default="fast")
     rc.add_argument("--stages", choices=STAGE_CHOICES, default="full")
     rc.add_argument("--cache-dir", default=None)

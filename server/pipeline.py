@@ -40,6 +40,9 @@ class ReconstructOptions:
     """'builtin' or the user's FLAME files (a folder, or generic_model.pkl / flame2023_Open.pkl)."""
     frames: tuple[int, int] | None = None
     """Half-open source-frame range [start, stop)."""
+    fps: float | None = None
+    """The clip's frame rate, overriding the container's (for image folders and streams that carry none or a wrong
+    one); None: the container's, checked against the frames' timestamps."""
     flow: str = "fast"
     """Optical flow: 'tvl1' (the paper's, slow) or 'fast' (DIS)."""
     stages: str = "full"
@@ -176,7 +179,7 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 
     rep.stage("preprocess", 0, n_stages)
     pre = preprocess(str(clip), frames=opts.frames, flow=opts.flow, cache_dir=opts.cache_dir,
-                     progress=rep.progress, cancel=is_cancelled)
+                     progress=rep.progress, cancel=is_cancelled, fps=opts.fps)
     for w in getattr(pre, "warnings", []):
         rep.warning(w)
     check()

@@ -95,7 +95,8 @@ def preprocess(
 ) -> Preprocessed:
     """Preprocess `clip` (video file or image folder) over the half-open source frame range `frames`.
 
-    flow: "fast" (DIS) or "tvl1" (the paper's TV-L1). fps: only for image folders (default 30 with a warning).
+    flow: "fast" (DIS) or "tvl1" (the paper's TV-L1). fps: the clip's frame rate, overriding the container's and
+    its timestamps; image folders carry none (default 30 with a warning), nor do some raw streams.
     Results are cached under cache_dir (default $MICROEXP_CACHE or ~/.cache/blender_microexp) unless use_cache is
     False. progress(stage, done, total) is called per frame of each stage ("landmarks", "crop", "flow");
     cancel() is polled every frame and a True raises Cancelled, leaving no cache entry.
@@ -115,7 +116,7 @@ def preprocess(
     key = ""
     if cache is not None:
         settings = {"frames": range_key, "flow": flow, "max_side": max_side, "version": PREPROCESS_VERSION,
-                    "fps": info.fps if info.kind == "images" else None, "lmk68": source}
+                    "fps": info.fps if info.kind == "images" or info.fps_given else None, "lmk68": source}
         key = cache_key(clip_digest(info.path), settings)
         t0 = time.perf_counter()
         hit = cache.load(key)
@@ -158,11 +159,11 @@ def preprocess(
             parts.append(f"{held} before the first or after the last detection hold that detection's landmarks")
         warnings.append(f"The face was not found in {lost} of {count} frames; {' and '.join(parts)}.")
     clip_fps, fps_estimated = info.fps, info.fps_estimated
-    if info.kind == "video":
-        measured, variable, note = fps_from_timestamps(stamps, info.fps)
+    if info.kind == "video" and not info.fps_given:
+        measured, estimated, note = fps_from_timestamps(stamps, info.fps)
         if note:
             warnings.append(note)
-            clip_fps, fps_estimated = measured, fps_estimated or variable
+            clip_fps, fps_estimated = measured, fps_estimated or estimated
     timings["decode_landmarks"] = time.perf_counter() - t0
 
     lmk68 = mp_to_68(track.landmarks)

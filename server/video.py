@@ -46,6 +46,8 @@ class ClipInfo:
     downscale: float
     image_files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fps_given: bool = False
+    """`fps` is the caller's (probe's `fps`), not the container's: the frames' timestamps do not overrule it."""
 
 
 @dataclass
@@ -84,7 +86,8 @@ def _scaled_size(width: int, height: int, max_side: int) -> tuple[tuple[int, int
 def probe(path: str | Path, fps: float | None = None, max_side: int = 1280) -> ClipInfo:
     """Open a clip (video file or folder of images) and describe it; raises ClipError if it cannot be used.
 
-    `fps` is only used for image folders (which carry no timing) and defaults to 30 with a warning.
+    `fps` (a positive number) is the clip's frame rate, overriding the container's; image folders carry none, so
+    without it they get 30 fps with a warning (as does a video whose container reports none).
     """
     # Absolute, so that FFmpeg does not read a relative name with a colon (take1:final.mp4) as a protocol.
     clip = Path(path).expanduser().resolve()
@@ -92,7 +95,7 @@ def probe(path: str | Path, fps: float | None = None, max_side: int = 1280) -> C
         raise ClipError(f"The clip {clip} does not exist.")
     if clip.is_dir():
         return _probe_folder(clip, fps, max_side)
-    return _probe_video(clip, max_side)
+    return _probe_video(clip, max_side, fps)
 
 
 def _probe_folder(folder: Path, fps: float | None, max_side: int) -> ClipInfo:
@@ -105,7 +108,7 @@ def _probe_folder(folder: Path, fps: float | None, max_side: int) -> ClipInfo:
         raise ClipError(f"The image {files[0]} could not be read.")
     height, width = first.shape[:2]
     warnings: list[str] = []
-    estimated = fps is None or not math.isfinite(fps) or fps <= 0
+    estimated = not _usable_fps(fps)
     if fps is None or estimated:
         fps = DEFAULT_FPS
         warnings.append(f"The image folder {folder.name} carries no frame rate; assuming {DEFAULT_FPS:g} fps.")
@@ -114,7 +117,12 @@ def _probe_folder(folder: Path, fps: float | None, max_side: int) -> ClipInfo:
         warnings.append(f"Frames of {width}x{height} are downscaled to {size[0]}x{size[1]}.")
     for w in warnings:
         log.warning(w)
-    return ClipInfo(folder, "images", len(files), float(fps), estimated, width, height, size, scale, files, warnings)
+    return ClipInfo(folder, "images", len(files), float(fps), estimated, width, height, size, scale, files, warnings,
+                    fps_given=not estimated)
+
+
+def _usable_fps(fps: float | None) -> bool:
+    return fps is not None and math.isfinite(fps) and fps > 0
 
 
 def _open_video(path: Path) -> cv2.VideoCapture:
@@ -125,7 +133,7 @@ def _open_video(path: Path) -> cv2.VideoCapture:
     return cap
 
 
-def _probe_video(clip: Path, max_side: int) -> ClipInfo:
+def _probe_video(clip: Path, max_side: int, fps: float | None) -> ClipInfo:
     if clip.stat().st_size == 0:
         raise ClipError(f"The clip {clip} is an empty file.")
     cap = _open_video(clip)
@@ -142,7 +150,10 @@ def _probe_video(clip: Path, max_side: int) -> ClipInfo:
         cap.release()
     warnings: list[str] = []
     estimated = False
-    if not math.isfinite(container_fps) or container_fps <= 0 or container_fps > 1000:
+    given = False
+    if fps is not None and _usable_fps(fps):
+        container_fps, given = float(fps), True  # the caller's rate overrides the container's
+    elif not math.isfinite(container_fps) or container_fps <= 0 or container_fps > 1000:
         container_fps = DEFAULT_FPS
         estimated = True
         warnings.append(f"The video {clip.name} reports no usable frame rate; assuming {DEFAULT_FPS:g} fps.")
@@ -154,7 +165,8 @@ def _probe_video(clip: Path, max_side: int) -> ClipInfo:
         warnings.append(f"Frames of {width}x{height} are downscaled to {size[0]}x{size[1]}.")
     for w in warnings:
         log.warning(w)
-    return ClipInfo(clip, "video", count, container_fps, estimated, width, height, size, scale, [], warnings)
+    return ClipInfo(clip, "video", count, container_fps, estimated, width, height, size, scale, [], warnings,
+                    fps_given=given)
 
 
 def _past_the_end(start: int, stop: int, count: int) -> ClipError:
@@ -264,16 +276,21 @@ def iter_frames(
 def fps_from_timestamps(timestamps_ms: Sequence[float] | np.ndarray, container_fps: float) -> tuple[float, bool, str]:
     """Check decoded frame timestamps against the container's fps.
 
-    Returns (fps, variable, warning): when the spacing varies by more than 25 % of its median (variable frame rate),
-    fps is 1000 / median spacing and `warning` says so; otherwise the container fps and an empty warning.
+    Returns (fps, estimated, warning): when the spacing varies by more than 25 % of its median (variable frame
+    rate), fps is 1000 / median spacing, estimated, and `warning` says so; when the timestamps are unusable (not
+    finite, or not increasing: the backend gave none), the container fps, estimated, with a warning; when steady
+    spacing disagrees with the container by more than 5 %, the timestamps' fps with a warning; otherwise the
+    container fps and an empty warning. Fewer than 3 timestamps are not checked.
     """
     ts = np.asarray(timestamps_ms, dtype=np.float64)
-    if ts.size < 3 or not np.all(np.isfinite(ts)):
+    if ts.size < 3:
         return container_fps, False, ""
     spacing = np.diff(ts)
-    median = float(np.median(spacing))
+    median = float(np.median(spacing)) if np.all(np.isfinite(ts)) else 0.0
     if median <= 0:
-        return container_fps, False, ""  # the backend gave no real timestamps
+        return container_fps, True, (
+            f"The frames carry no usable timestamps, so the clip's {container_fps:.3g} fps is assumed, not checked."
+        )
     variable = bool(np.any(np.abs(spacing - median) > _VFR_TOLERANCE * median))
     median_fps = 1000.0 / median
     if variable:

@@ -241,6 +241,44 @@ def test_fan_weights_installed_after_a_clip_was_cached_are_used(tmp_path: Path, 
     assert preprocess(clip, cache_dir=tmp_path / "cache").cache_hit
 
 
+def test_a_given_fps_overrides_the_container_s_and_is_part_of_the_cache_key(tmp_path: Path,
+                                                                            fake_tracker: InstallTracker) -> None:
+    fake_tracker(lambda t: True)
+    clip = write_video(tmp_path / "clip.mp4", noise_frames(count=4), fps=25.0)
+    given = preprocess(clip, fps=12.0, cache_dir=tmp_path / "cache")
+    assert (given.fps, given.fps_estimated) == (12.0, False)
+    container = preprocess(clip, cache_dir=tmp_path / "cache")
+    assert not container.cache_hit and container.fps == pytest.approx(25.0)
+
+
+def test_frames_without_usable_timestamps_make_the_fps_estimated(tmp_path: Path, fake_tracker: InstallTracker,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from server import video
+
+    real = cv2.VideoCapture
+
+    class NoTimestamps:  # what raw streams give on some backends: every frame at 0 ms
+        def __init__(self, path: str) -> None:
+            self._cap = real(path)
+
+        def get(self, prop: int) -> float:
+            return 0.0 if prop == cv2.CAP_PROP_POS_MSEC else float(self._cap.get(prop))
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._cap, name)
+
+    fake_tracker(lambda t: True)
+    monkeypatch.setattr(video.cv2, "VideoCapture", NoTimestamps)
+    clip = write_video(tmp_path / "clip.mp4", noise_frames(count=4), fps=25.0)
+    pre = preprocess(clip, use_cache=False)
+    assert pre.fps == pytest.approx(25.0) and pre.fps_estimated
+    assert "The frames carry no usable timestamps, so the clip's 25 fps is assumed, not checked." in pre.warnings
+    given = preprocess(clip, use_cache=False, fps=25.0)  # a rate the user gives needs no timestamps
+    assert given.fps == 25.0 and not given.fps_estimated and not given.warnings
+
+
 def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(clips: dict[str, Path], tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

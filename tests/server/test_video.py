@@ -125,6 +125,13 @@ def test_missing_container_fps_falls_back_to_30_with_a_warning(
     assert any("30 fps" in w for w in info.warnings)
 
 
+def test_a_given_fps_overrides_the_container_s(small_mp4: Path) -> None:
+    info = probe(small_mp4, fps=12.5)
+    assert (info.fps, info.fps_estimated, info.fps_given, info.warnings) == (12.5, False, True, [])
+    assert not probe(small_mp4).fps_given
+    assert probe(small_mp4, fps=float("nan")).fps == pytest.approx(25.0)  # not a rate: the container's
+
+
 def test_timestamps_detect_variable_frame_rate() -> None:
     steady = np.arange(20) * 40.0
     assert fps_from_timestamps(steady, 25.0) == (25.0, False, "")
@@ -136,8 +143,11 @@ def test_timestamps_detect_variable_frame_rate() -> None:
     # A header that disagrees with steady timestamps: trust the timestamps.
     fps, variable, warning = fps_from_timestamps(np.arange(20) * 20.0, 30.0)
     assert fps == pytest.approx(50.0) and not variable and warning
-    # Backends that report no timestamps (all zero) leave the container's fps.
-    assert fps_from_timestamps(np.zeros(10), 24.0) == (24.0, False, "")
+    # Backends that report no timestamps (all zero) leave the container's fps, unchecked: estimated, with a warning.
+    fps, estimated, warning = fps_from_timestamps(np.zeros(10), 24.0)
+    assert (fps, estimated) == (24.0, True)
+    assert warning == "The frames carry no usable timestamps, so the clip's 24 fps is assumed, not checked."
+    assert fps_from_timestamps([0.0, float("nan"), 80.0, 120.0], 24.0)[1]
 
 
 def _write_images(folder: Path, names: list[str], size: tuple[int, int] = (64, 48)) -> None:
