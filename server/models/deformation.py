@@ -22,15 +22,15 @@ def region_centroids(points: torch.Tensor, regions: torch.Tensor, n_regions: int
 
 
 def patch_average(maps: torch.Tensor, centers: torch.Tensor, size: int = 5) -> torch.Tensor:
-    """Eq. 13 / 18: mean of a size×size pixel patch of `maps` around each center (nearest pixel), clipped at the
-    border. maps (B, C, H, W), centers (B, R, 2) as (x, y) pixel coordinates of `maps` -> (B, R, C).
-    NaN centers give zeros."""
+    """Eq. 13 / 18: mean of a size×size pixel patch of `maps` around each center (the pixel that contains it:
+    pixel i spans [i, i+1), as in `losses.sample_flow`), clipped at the border. maps (B, C, H, W), centers (B, R, 2)
+    as (x, y) pixel coordinates of `maps` -> (B, R, C). NaN centers give zeros."""
     batch, ch, h, w = maps.shape
     pooled = F.avg_pool2d(maps, size, stride=1, padding=size // 2, count_include_pad=False)  # (B, C, H, W)
     valid = torch.isfinite(centers).all(-1)  # (B, R)
     c = torch.nan_to_num(centers.detach(), nan=0.0)
-    x = c[..., 0].round().long().clamp(0, w - 1)
-    y = c[..., 1].round().long().clamp(0, h - 1)
+    x = c[..., 0].floor().long().clamp(0, w - 1)
+    y = c[..., 1].floor().long().clamp(0, h - 1)
     flat = pooled.reshape(batch, ch, h * w)
     idx = (y * w + x)[:, None, :].expand(batch, ch, -1)  # (B, C, R)
     out = torch.gather(flat, 2, idx).transpose(1, 2)  # (B, R, C)

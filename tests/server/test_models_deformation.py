@@ -43,9 +43,9 @@ def test_patch_average_5x5_at_known_centroid() -> None:
     fmap = torch.zeros(1, 2, 20, 20)
     fmap[0, 0, 8:13, 3:8] = 1.0  # a 5×5 block centred at pixel (x=5, y=10)
     fmap[0, 1] = torch.arange(20.0)[None, :]  # channel 1 = x coordinate
-    centers = torch.tensor([[[5.2, 9.8], [6.0, 10.0], [float("nan"), 1.0]]])
+    centers = torch.tensor([[[5.7, 10.3], [6.0, 10.0], [float("nan"), 1.0]]])
     out = patch_average(fmap, centers, size=5)
-    assert out[0, 0, 0] == pytest.approx(1.0)  # rounded to (5, 10): exactly the block
+    assert out[0, 0, 0] == pytest.approx(1.0)  # (5.7, 10.3) lies in pixel (5, 10), which spans [5, 6) × [10, 11)
     assert out[0, 1, 0] == pytest.approx(20 / 25)  # shifted by one column: 4 of 5 columns
     assert out[0, 0, 1] == pytest.approx(5.0) and out[0, 1, 1] == pytest.approx(6.0)  # mean x of columns 3..7, 4..8
     assert (out[0, 2] == 0).all()  # NaN centroid (empty region) -> zeros
