@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "blender_microexp"
 MANIFEST = ROOT / "blender_manifest.toml"
+LICENSE = ROOT / "LICENSE"
+ZIP_DATE = (2026, 1, 1, 0, 0, 0)
 SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej"}
 
@@ -54,11 +56,20 @@ def build(out_dir: Path = ROOT / "dist") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
     partial = target.with_suffix(".zip.part")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.write(MANIFEST, "blender_manifest.toml")
-        for path in package_files():
-            zf.write(path, path.relative_to(PACKAGE).as_posix())
-    partial.replace(target)
+    files = [(MANIFEST, "blender_manifest.toml"), (LICENSE, "LICENSE")]
+    files += [(path, path.relative_to(PACKAGE).as_posix()) for path in package_files()]
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path, name in files:
+                # A fixed date: the same sources give the same zip, byte for byte.
+                info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, path.read_bytes())
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise BuildError(f"Could not write {target} ({exc.strerror or exc}).") from None
     return target
 
 
