@@ -124,7 +124,7 @@ class RefineConfig:
     """Ablation: L_geo of eq. 24 (Laplacian, normal, flow-guided)."""
     dem_base: Literal["coarse", "onset"] = "coarse"
     """DEM output around 'coarse' = the per-frame coarse fit (starts exactly at it) or 'onset' = the anchor frame's
-    expression (eq. 6 as written: ignores the coarse fit's frame-to-frame noise)."""
+    expression (closest to eq. 6, which decodes D(z_t): ignores the coarse fit's frame-to-frame noise)."""
     dem_scope: Literal["clip", "window"] = "clip"
     """'clip': the DEM runs over the whole clip each step (windows chained as at inference); 'window': only over the
     step's frames, anchored at its first frame (the paper's onset-to-offset training; used by `train`)."""

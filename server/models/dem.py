@@ -31,7 +31,7 @@ class DynamicEncodedModule(nn.Module):
     cross-faded with linear weights, leaving no seam.
 
     `base` = 'coarse': ψ_t = ψ^coarse_t + residual (exactly the coarse fit at initialisation); 'onset': ψ_t =
-    ψ_anchor + residual, eq. 6 as written (the per-frame coarse fit is not used after the anchor, so its frame-to-
+    ψ_anchor + residual, the closest to eq. 6 (the per-frame coarse fit is not used after the anchor, so its frame-to-
     frame noise is not inherited; at initialisation the expression is held at the anchor's).
     """
 
@@ -67,7 +67,7 @@ class DynamicEncodedModule(nn.Module):
             if self.base == "coarse":
                 window_base = psi_coarse[s:e]
                 carried = None if out is None else out[s] - psi_coarse[s]
-            else:  # eq. 6 as written: the anchor's expression plus the integrated dynamics
+            else:  # closest to eq. 6: the anchor's expression plus the integrated dynamics
                 window_base = anchor[None].expand(e - s, -1)
                 carried = None
             psi_w = self.fusion(anchor, window_base, delta[s:e - 1], carried)  # (e-s, E), eq. 5-6
