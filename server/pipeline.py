@@ -16,15 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from blender_microexp.core.take import (
-    ARRAY_SCHEMA,
-    FILE_MODE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    TakeError,
-    dims_of,
-    validate,
-)
+from blender_microexp.core.take import FILE_MODE, TakeError, TakeWriteError
 
 from . import __version__
 from .cache import remove_stale_temporaries
@@ -80,22 +72,6 @@ def _check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"Cannot create the output folder {out_dir} ({exc.strerror or exc}).") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(f"The output folder {out_dir} is not writable.")
-
-
-def _check_take(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Validate the take as write_take will store it (floats as float32), so that what is wrong with the take itself
-    (NaN from a diverged fit, a bad shape) is told as the server's failure and only writing it as the folder's."""
-    missing = [name for name in ARRAY_SCHEMA if name not in arrays]
-    if missing:
-        raise InternalError(f"The reconstructed take lacks the array '{missing[0]}', so it was not written.")
-    casts = {"f": np.float32, "i": np.int32, "b": np.bool_}
-    stored = {k: np.asarray(v).astype(casts[ARRAY_SCHEMA[k][0]], copy=False) if k in ARRAY_SCHEMA else np.asarray(v)
-              for k, v in arrays.items()}
-    full = dict(header, format=FORMAT_NAME, version=FORMAT_VERSION, dims=dims_of(stored))
-    try:
-        validate(full, stored, where="The reconstructed take")
-    except TakeError as exc:
-        raise InternalError(f"{str(exc).rstrip('.')}, so it was not written.") from None
 
 
 def _write_preview(clip: str, out: Path, pre: Any, arrays: dict[str, np.ndarray], rep: Reporter,
@@ -247,11 +223,12 @@ def reconstruct(clip: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             "server_version": __version__,
             "created": now_iso(),
         }
-        _check_take(header, arrays)
         try:
-            write_take(out, header, arrays)
-        except TakeError as exc:
+            write_take(out, header, arrays, where="The reconstructed take")
+        except TakeWriteError as exc:  # the folder or the disk refused it
             raise OutputError(str(exc)) from None
+        except TakeError as exc:  # the take itself is wrong (NaN from a diverged fit, a bad shape): nothing written
+            raise InternalError(f"{str(exc).rstrip('.')}, so it was not written.") from None
         _place_preview(out, preview)
         preview = None
     finally:

@@ -28,6 +28,10 @@ class TakeError(Exception):
     """A take that cannot be read or written; the message is one sentence for the user."""
 
 
+class TakeWriteError(TakeError):
+    """A valid take that could not be stored: the folder or the disk refused it (not the take's own fault)."""
+
+
 # name -> (dtype kind, shape in header dimension names). T frames, V vertices, F faces,
 # E expression components, S shape components, J joints, P pose-corrective components,
 # K detail components, N68 = 68 landmarks, NMP = MediaPipe landmarks.
@@ -189,20 +193,23 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()  # read once, at import: the umask is process-wide
 
 
-def write_take(folder: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+def write_take(folder: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray],
+               where: str | None = None) -> Path:
     """Write a take atomically: both files go to temporary names and are renamed at the end.
 
     ``header`` needs ``head_model`` (with ``expression_names`` and ``joint_names``), ``fps`` and
     whatever else describes the run; ``format``, ``version``, ``dims`` and ``arrays`` are filled in.
-    An existing take in ``folder`` is replaced only once the new one is complete.
+    An existing take in ``folder`` is replaced only once the new one is complete. Invalid arrays raise
+    TakeError (naming the take as ``where``, the folder by default) before anything is written; a folder or
+    disk that refuses it raises TakeWriteError.
     """
     out = Path(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TakeError(f"Cannot create the output folder {out} ({exc.strerror or exc}).") from None
+        raise TakeWriteError(f"Cannot create the output folder {out} ({exc.strerror or exc}).") from None
     if not os.access(out, os.W_OK):
-        raise TakeError(f"The output folder {out} is not writable.")
+        raise TakeWriteError(f"The output folder {out} is not writable.")
     norm: dict[str, np.ndarray] = {}
     for name, (kind, _spec) in ARRAY_SCHEMA.items():
         if name not in arrays:
@@ -220,7 +227,7 @@ def write_take(folder: str | os.PathLike[str], header: dict[str, Any], arrays: d
     full["version"] = FORMAT_VERSION
     full["dims"] = dims_of(norm)
     full["arrays"] = {k: list(v.shape) for k, v in norm.items()}
-    validate(full, norm, where=str(out))
+    validate(full, norm, where=where or str(out))
 
     tmp_npz = tmp_json = None
     try:
@@ -240,7 +247,7 @@ def write_take(folder: str | os.PathLike[str], header: dict[str, Any], arrays: d
         os.replace(tmp_json, out / HEADER_NAME)
         tmp_json = None
     except OSError as exc:
-        raise TakeError(f"Could not write the take into {out} ({exc.strerror or exc}).") from None
+        raise TakeWriteError(f"Could not write the take into {out} ({exc.strerror or exc}).") from None
     finally:
         for leftover in (tmp_npz, tmp_json):
             if leftover and os.path.exists(leftover):
