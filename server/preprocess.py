@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,10 @@ def preprocess(
     count = len(observations)
     if total and count < total:  # only the whole clip gets here: a range past the clip's end is a ClipError
         warnings.append(f"The clip ended after {count} of the {total} frames its header counts.")
+    if frames is None and info.kind == "video":
+        # Decoded to its end: the real count, so that the crop pass's range is not counted again against a header
+        # that undercounts.
+        info = replace(info, frame_count=frame_numbers[-1] + 1 if frame_numbers else 0)
     track = assemble_track(observations)
     if track is None:
         raise ClipError(f"No face was found in any frame of {info.path.name}.")

@@ -182,9 +182,21 @@ def test_frame_range_is_respected_and_validated(clips: dict[str, Path]) -> None:
         preprocess(clips["moving"], frames=(3, 3), use_cache=False)
 
 
-def test_the_whole_clip_goes_past_a_header_that_undercounts(tmp_path: Path, fake_tracker: InstallTracker) -> None:
+def test_the_whole_clip_goes_past_a_header_that_undercounts(tmp_path: Path, fake_tracker: InstallTracker,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.video
+
     fake_tracker(lambda t: True)
+    counted: list[int] = []
+    real_count = server.video._count_frames
+
+    def count_frames(path: Path, limit: int) -> int:
+        counted.append(limit)
+        return real_count(path, limit)
+
+    monkeypatch.setattr(server.video, "_count_frames", count_frames)
     pre = preprocess(write_undercounted_avi(tmp_path / "under.avi", count=10, header_count=6), use_cache=False)
+    assert counted == []  # the first pass found the real end: the crop pass does not count the frames again
     np.testing.assert_array_equal(pre.frame_numbers, np.arange(10))
     assert pre.crops.shape[0] == 10 and pre.flow.shape[0] == 9
     # The last crop is frame 9's (grey 180), not a repeat of the header's last frame.
