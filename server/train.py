@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +51,9 @@ class TrainConfig:
     frames: int = 8
     """Frames per clip sample (paper: 8 frames from onset to offset; without labelled onsets an 8-frame window
     is drawn uniformly within the clip, its first frame the onset)."""
-    stages: str = "full"
-    """'dem' trains the dynamic-encoded module only; 'full' both networks."""
+    stages: str | None = None
+    """'dem' trains the dynamic-encoded module only; 'full' both networks; None: a resumed checkpoint's stages,
+    else 'full'."""
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda'."""
     save_every: int = 100
@@ -125,7 +126,7 @@ def train(
     with one sentence saying what the checkpoint holds.
     """
     cfg = config or TrainConfig()
-    if cfg.stages not in ("dem", "full"):
+    if cfg.stages not in (None, "dem", "full"):
         raise ValueError(f"Unknown training stages '{cfg.stages}': use 'dem' or 'full'.")
     t0 = time.perf_counter()
     say = log or (lambda msg: None)
@@ -141,10 +142,15 @@ def train(
         ckpt = load_checkpoint(resume, dims)
         saved = ckpt.get("config", {})
         model_cfg = config_from_dict({k: saved[k] for k in ARCH_FIELDS if k in saved}, model_cfg)
+    stages = cfg.stages
+    if stages is None:  # go on with what the resumed checkpoint trained
+        resumed = None if ckpt is None else ckpt.get("stages")
+        stages = resumed if resumed in ("dem", "full") else "full"
+        cfg = replace(cfg, stages=stages)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         nets = MicroExpNets(int(head.num_expression), model_cfg).to(device)
-    params = [p for group in nets.parameter_groups(cfg.stages).values() for p in group]
+    params = [p for group in nets.parameter_groups(stages).values() for p in group]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     step = 0
     if ckpt is not None:
@@ -203,7 +209,7 @@ def train(
             obj = objectives[int(gen.integers(len(objectives)))]
             n = min(max(cfg.frames, 2), obj.clip.n_frames)
             start = int(gen.integers(0, obj.clip.n_frames - n + 1))
-            loss = obj.losses(start, start + n, cfg.stages)["total"] / cfg.batch_clips
+            loss = obj.losses(start, start + n, stages)["total"] / cfg.batch_clips
             loss.backward()
             total += float(loss.detach())
         optimizer.step()
@@ -259,15 +265,12 @@ def main_train(argv: Sequence[str] | None = None) -> int:
                         help="networks to train (default: the --resume checkpoint's stages, else full)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     out = Path(args.out) if args.out else Path(args.clips) / "microexp-refine.pt"
-    cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages or "full")
+    cfg = TrainConfig(steps=args.steps, device=args.device, stages=args.stages)
     cancel = CancelFlag()  # Ctrl-C (SIGINT) or SIGTERM: the loop saves its last steps and stops
     cancel.install_signal_handlers()
     try:
         list_clips(args.clips)  # fail on a wrong folder or output before building the head model
         check_checkpoint_path(out)
-        if args.resume is not None and args.stages is None:  # resuming goes on with the checkpoint's stages
-            saved = load_checkpoint(args.resume).get("stages")
-            cfg.stages = saved if saved in ("dem", "full") else cfg.stages
         report = train(args.clips, out, cfg, resume=args.resume, model=default_model(args.head_model),
                        cancel=cancel, log=lambda msg: print(msg, file=sys.stderr))
     except MicroexpError as exc:

@@ -70,6 +70,7 @@ def test_two_steps_write_a_checkpoint_that_resumes_and_fine_tunes(tmp_path: Path
 
     ckpt = load_checkpoint(out, model_dims(model))  # weights_only=True inside
     assert ckpt["step"] == 2 and ckpt["dims"] == model_dims(model)
+    assert ckpt["stages"] == "full" and ckpt["train_config"]["stages"] == "full"  # no stages asked, nothing resumed
     assert ckpt["config"]["window"] == 4 and ckpt["train_config"]["lr"] == 1e-4
     assert "state" in ckpt["optimizer"]
     changed = [k for k, v in ckpt["nets"].items() if not torch.equal(v, before[k])]
