@@ -7,7 +7,6 @@ In `run` mode stdout is reserved for protocol events; everything else goes to st
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import sys
 import traceback
@@ -17,6 +16,7 @@ from typing import Any
 from blender_microexp.core.protocol import FLOW_CHOICES, PROTOCOL_VERSION, STAGE_CHOICES, JobSpec, ProtocolError
 
 from . import __version__
+from .arguments import positive_fps
 from .errors import Cancelled, MicroexpError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
@@ -58,17 +58,6 @@ def parse_frames(text: str | None) -> tuple[int, int] | None:
     if start < 0 or stop <= start:
         raise argparse.ArgumentTypeError(f"--frames {text}: STOP must be greater than START and both >= 0")
     return start, stop
-
-
-def positive_fps(text: str) -> float:
-    """argparse type for --fps: a positive, finite number of frames per second."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of frames per second, not {text!r}")
-    return value
 
 
 def cmd_hello(_args: argparse.Namespace) -> int:
