@@ -155,14 +155,14 @@ def train(
     step = 0
     if ckpt is not None:
         load_weights(nets, ckpt, str(resume))
-        kept = ckpt.get("stages") == cfg.stages and "optimizer" in ckpt
+        kept = ckpt.get("stages") == stages and "optimizer" in ckpt
         if kept:
             optimizer.load_state_dict(ckpt["optimizer"])
         step = int(ckpt.get("step", 0))
-        if ckpt.get("stages") != cfg.stages:
+        if ckpt.get("stages") != stages:
             say(f"The checkpoint was trained with stages '{ckpt.get('stages')}'; training goes on with "
-                f"'{cfg.stages}', so its optimizer state is not kept.")
-        say(f"resuming {resume} at step {step} with stages '{cfg.stages}', up to step {step + cfg.steps}; optimizer "
+                f"'{stages}', so its optimizer state is not kept.")
+        say(f"resuming {resume} at step {step} with stages '{stages}', up to step {step + cfg.steps}; optimizer "
             f"state {'kept' if kept else 'not kept'}")
 
     run = prepare or default_prepare(head, cancel)

@@ -201,7 +201,6 @@ def test_a_video_writer_that_does_not_open_is_a_warning_and_no_preview(tmp_path,
 
 
 def test_temporary_files_a_killed_run_left_are_removed_once_stale(tmp_path, stubbed):
-    import os
     import time
 
     from server.cache import STALE_AFTER_S
