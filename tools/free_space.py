@@ -33,8 +33,9 @@ def shortage(needs: Sequence[tuple[Path, float]], free: Callable[[Path], int] | 
     by_fs: dict[int, tuple[list[Path], float, Path]] = {}
     for path, gib in needs:
         here = _existing(path)
-        paths, total, probe = by_fs.get(device(here), ([], 0.0, here))
-        by_fs[device(here)] = ([*paths, path], total + gib, probe)
+        fs = device(here)
+        paths, total, probe = by_fs.get(fs, ([], 0.0, here))
+        by_fs[fs] = ([*paths, path], total + gib, probe)
     for paths, total, probe in by_fs.values():
         have = free(probe) / GIB
         if have < total:
